@@ -1,0 +1,68 @@
+"""``strandwatch``: the command line.
+
+Each subcommand lives in the module that owns the work; this module only wires
+them into one parser so ``strandwatch --help`` reads as a table of contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+DESCRIPTION = """\
+strandwatch finds GPUs that sit idle because of the network, names the links to
+blame and prices the loss in dollars.
+
+Start here:
+  strandwatch demo            simulate a small cluster, collect it over real SNMP,
+                              sysfs and GPU sources, detect and price stranded compute
+  strandwatch detect --input telemetry.lp --topology topology.yaml --jobs jobs.csv
+                              run the detector over line protocol already collected
+                              (e.g. by Telegraf) and print the episodes as JSON
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from detector import demo, offline
+
+    parser = argparse.ArgumentParser(
+        prog="strandwatch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR (default WARNING)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo_parser = commands.add_parser(
+        "demo", help="simulate a cluster and run the whole pipeline end to end",
+        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_demo_arguments(demo_parser)
+    demo_parser.set_defaults(handler=demo.run_demo)
+
+    detect_parser = commands.add_parser(
+        "detect", help="detect stranded compute in collected telemetry",
+        description=offline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    offline.add_detect_arguments(detect_parser)
+    detect_parser.set_defaults(handler=offline.run_detect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
