@@ -160,8 +160,10 @@ async def test_polls_use_multi_column_getbulk_and_cache_static_columns(switch_bo
             await source.close()
     assert {pdu for poll in per_poll for pdu, _ in poll} == {ber.GET_BULK_REQUEST}
     # 4 rows, 3 repetitions: two requests per walk; sysUpTime rides on the first one.
-    # The static columns (ifName, ifAlias, ifHighSpeed, ifDescr) join on polls 1 and 4 only.
-    assert [[count for _, count in poll] for poll in per_poll] == [[14, 13], [10, 9], [10, 9], [14, 13]]
+    # The static columns (ifName, ifAlias, ifHighSpeed, ifDescr) and sysObjectID join on polls 1 and 4
+    # only; so do the probes for what the simulated agent lacks: ifCounterDiscontinuityTime (it drops
+    # out after the first answer) and the generic EtherLike profile's pause table (a third request).
+    assert [[count for _, count in poll] for poll in per_poll] == [[16, 13, 4], [10, 9], [10, 9], [16, 13, 4]]
 
 
 async def test_full_simulated_fabric_poll_is_fast():
@@ -232,7 +234,8 @@ async def test_cumulus_recording(shared_snmpsim):
     assert len(interfaces) == 98 and health["cumulus_bgp"].fields["points"] == 98
     swp1 = interfaces[("cumulus_bgp", "swp1")]
     assert swp1.tags["ifIndex"] == "4"
-    assert swp1.fields == {
+    if_mib = {name: value for name, value in swp1.fields.items() if not name.startswith("cl")}
+    assert if_mib == {
         "ifAlias": "prd-test01",
         "ifHighSpeed": 200_000,
         "ifOperStatus": 1,
@@ -244,8 +247,14 @@ async def test_cumulus_recording(shared_snmpsim):
         "ifOutDiscards": 0,
         "ifInErrors": 0,
         "ifOutErrors": 0,
+        "ifCounterDiscontinuityTime": 0,
         "sysUpTime": 362_623_318,
     }
+    # The cumulus profile (sysObjectID 1.3.6.1.4.1.40310): CUMULUS-COUNTERS-MIB discards, PFC and
+    # per-traffic-class drops, all Counter64 (so no counter32_fields), all zero in this recording.
+    cumulus = {name: value for name, value in swp1.fields.items() if name.startswith("cl")}
+    assert len(cumulus) == 6 + 18 + 16 and set(cumulus.values()) == {0}
+    assert {"clBufferOverflowDiscards", "clIntInPfc3Pkt", "clIntOutPfc3Pkt", "clIntOutTc3WredDiscard"} <= set(cumulus)
     assert interfaces[("cumulus_bgp", "swp47")].fields["ifOperStatus"] == 2
     # No golden file here: the recording is GPL test data that stays outside the repository.
     lines = encode(p for p in points if p.measurement == INTERFACE).splitlines()
@@ -326,6 +335,8 @@ async def test_agent_without_ifxtable_falls_back_to_counter32_octets_and_ifdescr
             "ifInOctets": 246_912,
             "ifOutOctets": 1_308_642,
             "sysUpTime": 4_200,
+            # The fallback octet counters wrap at 2^32, and the point says so.
+            "counter32_fields": "ifInOctets,ifOutOctets",
         }
         assert interfaces[("legacy01", "GigabitEthernet0/1")].tags["ifIndex"] == "1"
 

@@ -4,18 +4,24 @@ NVML is initialised once, on the first sample. A host without the library or
 the driver has no GPUs to watch: that is logged once at debug level and every
 sample is empty. SM activity and occupancy come from GPM (GPU Performance
 Monitoring, Hopper and newer): NVML computes them from two GPM samples, so the
-backend keeps the previous sample of each GPU and the first poll has none.
+backend keeps the previous sample of each GPU (and of each MIG GPU instance)
+and the first poll has none.
+
+XID errors arrive as NVML events, not as a value to read: the backend
+registers every GPU for XID events on one event set at start and drains it
+without waiting at every poll, counting the events per GPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import pynvml
 
-from collector.sources.gpu.backend import GpuSample
+from collector.sources.gpu.backend import GpuSample, MigSample
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,33 @@ _LOST = frozenset({pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_UNINITIALIZE
 
 _MIB = 1 << 20
 
+_ALL_LINKS = 0xFFFFFFFF
+"""The scope id that makes NVML sum an NVLink throughput field over all links."""
+
+_COUNTER_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("nvlink_tx_kib", pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, _ALL_LINKS),
+    ("nvlink_rx_kib", pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, _ALL_LINKS),
+    ("pcie_tx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
+    ("pcie_rx_bytes", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
+)
+"""GpuSample attribute, NVML field id and scope of the counters read in one
+``nvmlDeviceGetFieldValues`` call. A GPU without NVLink, or a driver too old
+for the PCIe byte counters, answers those fields with an error of their own."""
+
+_MAX_EVENTS_PER_POLL = 10_000
+"""Bound on the events drained in one poll, so that an event storm cannot stall it."""
+
+_VALUE_MEMBERS = {
+    pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
+}
+"""Which member of the ``c_nvmlValue_t`` union holds a field value of each type."""
+
 COMPUTE_MODES = {
     pynvml.NVML_COMPUTEMODE_DEFAULT: "Default",
     pynvml.NVML_COMPUTEMODE_EXCLUSIVE_THREAD: "Exclusive_Thread",
@@ -48,17 +81,38 @@ class GpuLost(Exception):
     """A GPU stopped answering (fell off the bus, needs a reset)."""
 
 
+def handle_address(handle: Any) -> int | None:
+    """The address inside an NVML device handle: equal for equal devices.
+
+    Event data carries a fresh handle object, so devices are matched by address.
+    """
+    return ctypes.cast(handle, ctypes.c_void_p).value
+
+
+@dataclass(slots=True)
+class _GpmPair:
+    """Two GPM sample buffers used in turn, for one GPU or one MIG GPU instance."""
+
+    buffers: list[Any]
+    current: int = 0
+    primed: bool = False
+    """Whether the buffer that is not current holds a sample from the previous poll."""
+
+
 @dataclass(slots=True)
 class _Gpu:
     index: int
     handle: Any
     uuid: str
     name: str
-    gpm_samples: list[Any] = field(default_factory=list)
-    """Two GPM sample buffers used in turn; empty where GPM is unsupported or off."""
-    gpm_current: int = 0
-    gpm_primed: bool = False
-    """Whether the buffer that is not current holds a sample from the previous poll."""
+    gpm: _GpmPair | None = None
+    """None where GPM is unsupported or turned off."""
+    mig_gpm: dict[int, _GpmPair] = field(default_factory=dict)
+    """GPM buffers per GPU instance id while MIG mode is on."""
+    xid_events: bool = False
+    """Whether this GPU is registered for XID events."""
+    xid_errors: int = 0
+    xid_last: int | None = None
 
 
 def _optional(read: Callable[..., _T], *args: Any) -> _T | None:
@@ -74,16 +128,33 @@ def _optional(read: Callable[..., _T], *args: Any) -> _T | None:
         return None
 
 
-class NvmlBackend:
-    """Samples every GPU NVML sees; ``gpm=False`` skips SM activity and occupancy.
+def _mig_profile(name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3 MIG 1g.10gb"`` -> ``"1g.10gb"``; ``""`` if not in that form."""
+    _, marker, profile = name.rpartition(" MIG ")
+    return profile if marker else ""
 
-    Turn GPM off where another profiler (DCGM's profiling module, Nsight) owns
-    the GPU's performance counters.
+
+def _processes(raw: list[Any] | None) -> list[tuple[int, float | None]]:
+    return [
+        (process.pid, process.usedGpuMemory / _MIB if process.usedGpuMemory is not None else None)
+        for process in raw or ()
+    ]
+
+
+class NvmlBackend:
+    """Samples every GPU NVML sees.
+
+    ``gpm=False`` skips SM activity and occupancy: turn GPM off where another
+    profiler (DCGM's profiling module, Nsight) owns the GPU's performance
+    counters. ``xid=False`` skips the XID event registration.
     """
 
-    def __init__(self, gpm: bool = True) -> None:
+    def __init__(self, gpm: bool = True, xid: bool = True) -> None:
         self.gpm = gpm
+        self.xid = xid
         self._gpus: list[_Gpu] | None = None
+        self._by_address: dict[int | None, _Gpu] = {}
+        self._event_set: Any = None
         self._initialised = False
         self._lost: set[int] = set()
 
@@ -113,37 +184,85 @@ class NvmlBackend:
             except pynvml.NVMLError as err:
                 log.warning("gpu: GPU %d cannot be opened: %s; left out", index, err)
                 continue
-            if self.gpm:
-                gpu.gpm_samples = self._gpm_buffers(gpu)
+            if self.gpm and self._gpm_supported(gpu):
+                gpu.gpm = _GpmPair(self._gpm_buffers())
             gpus.append(gpu)
+            self._by_address[handle_address(handle)] = gpu
+        if self.xid and gpus:
+            self._register_xid_events(gpus)
         return gpus
 
     @staticmethod
-    def _gpm_buffers(gpu: _Gpu) -> list[Any]:
-        """Two GPM sample buffers, or none where the GPU (or driver) has no GPM."""
+    def _gpm_supported(gpu: _Gpu) -> bool:
         try:
-            if not pynvml.nvmlGpmQueryDeviceSupport(gpu.handle).isSupportedDevice:
-                return []
-            return [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
+            return bool(pynvml.nvmlGpmQueryDeviceSupport(gpu.handle).isSupportedDevice)
         except pynvml.NVMLError as err:
             log.debug("gpu: no GPM on GPU %d (%s); no SM activity from it", gpu.index, err)
-            return []
+            return False
 
-    def _sm_metrics(self, gpu: _Gpu) -> tuple[float | None, float | None]:
-        """SM activity and occupancy (%) since the previous poll, through GPM."""
-        if not gpu.gpm_samples:
-            return None, None
-        current = gpu.gpm_samples[gpu.gpm_current]
-        previous = gpu.gpm_samples[1 - gpu.gpm_current]
+    @staticmethod
+    def _gpm_buffers() -> list[Any]:
+        return [pynvml.nvmlGpmSampleAlloc(), pynvml.nvmlGpmSampleAlloc()]
+
+    @staticmethod
+    def _free_gpm(pair: _GpmPair, owner: str) -> None:
+        for buffer in pair.buffers:
+            try:
+                pynvml.nvmlGpmSampleFree(buffer)
+            except pynvml.NVMLError as err:
+                log.debug("gpu: freeing a GPM sample of %s failed: %s", owner, err)
+
+    def _register_xid_events(self, gpus: list[_Gpu]) -> None:
+        """One event set for all GPUs; a GPU that cannot deliver XID events is left without."""
         try:
-            pynvml.nvmlGpmSampleGet(gpu.handle, current)
+            self._event_set = pynvml.nvmlEventSetCreate()
         except pynvml.NVMLError as err:
-            gpu.gpm_primed = False
+            log.debug("gpu: no NVML event set (%s); no XID error counts", err)
+            return
+        for gpu in gpus:
+            try:
+                supported = pynvml.nvmlDeviceGetSupportedEventTypes(gpu.handle)
+                if supported & pynvml.nvmlEventTypeXidCriticalError:
+                    pynvml.nvmlDeviceRegisterEvents(gpu.handle, pynvml.nvmlEventTypeXidCriticalError, self._event_set)
+                    gpu.xid_events = True
+            except pynvml.NVMLError as err:
+                log.debug("gpu: GPU %d cannot report XID events (%s)", gpu.index, err)
+            if not gpu.xid_events:
+                log.debug("gpu: GPU %d has no XID events; no xid_errors field for it", gpu.index)
+
+    def _drain_xid_events(self) -> None:
+        """Count the XID events that arrived since the last poll, without waiting for more."""
+        if self._event_set is None:
+            return
+        for _ in range(_MAX_EVENTS_PER_POLL):
+            try:
+                event = pynvml.nvmlEventSetWait_v2(self._event_set, 0)
+            except pynvml.NVMLError as err:
+                if err.value != pynvml.NVML_ERROR_TIMEOUT:  # TIMEOUT: nothing (more) pending
+                    log.debug("gpu: reading NVML events failed: %s", err)
+                return
+            gpu = self._by_address.get(handle_address(event.device))
+            if gpu is not None and event.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                gpu.xid_errors += 1
+                gpu.xid_last = int(event.eventData)
+                log.info("gpu: GPU %d (%s) reported XID %d", gpu.index, gpu.uuid, event.eventData)
+
+    @staticmethod
+    def _sm_metrics(pair: _GpmPair | None, take: Callable[[Any], Any]) -> tuple[float | None, float | None]:
+        """SM activity and occupancy (%) since the previous poll; ``take(buffer)`` fills a GPM sample."""
+        if pair is None:
+            return None, None
+        current = pair.buffers[pair.current]
+        previous = pair.buffers[1 - pair.current]
+        try:
+            take(current)
+        except pynvml.NVMLError as err:
+            pair.primed = False
             if err.value in _LOST:
                 raise GpuLost(str(err)) from err
             return None, None
-        primed, gpu.gpm_primed = gpu.gpm_primed, True
-        gpu.gpm_current = 1 - gpu.gpm_current
+        primed, pair.primed = pair.primed, True
+        pair.current = 1 - pair.current
         if not primed:
             return None, None
         request = pynvml.c_nvmlGpmMetricsGet_t()
@@ -163,6 +282,64 @@ class NvmlBackend:
         ]
         return values[0], values[1]
 
+    @staticmethod
+    def _counters(handle: Any) -> dict[str, int | None]:
+        """The NVLink and PCIe byte counters, ``None`` for each one the GPU does not have."""
+        counters: dict[str, int | None] = {name: None for name, _, _ in _COUNTER_FIELDS}
+        values = _optional(pynvml.nvmlDeviceGetFieldValues, handle, [(fid, scope) for _, fid, scope in _COUNTER_FIELDS])
+        for (name, _, _), value in zip(_COUNTER_FIELDS, values or ()):
+            member = _VALUE_MEMBERS.get(value.valueType)
+            if value.nvmlReturn == pynvml.NVML_SUCCESS and member is not None:
+                counters[name] = int(getattr(value.value, member))
+        return counters
+
+    def _mig_samples(self, gpu: _Gpu) -> list[MigSample]:
+        """One sample per MIG device while MIG mode is on, looked up afresh every poll."""
+        mode = _optional(pynvml.nvmlDeviceGetMigMode, gpu.handle)
+        if mode is None or mode[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
+            for instance, pair in gpu.mig_gpm.items():
+                self._free_gpm(pair, f"GPU {gpu.index} instance {instance}")
+            gpu.mig_gpm.clear()
+            return []
+        samples = []
+        sm_by_instance: dict[int, tuple[float | None, float | None]] = {}
+        for slot in range(_optional(pynvml.nvmlDeviceGetMaxMigDeviceCount, gpu.handle) or 0):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu.handle, slot)
+                instance = pynvml.nvmlDeviceGetGpuInstanceId(mig)
+                compute_instance = pynvml.nvmlDeviceGetComputeInstanceId(mig)
+                uuid = pynvml.nvmlDeviceGetUUID(mig)
+                name = pynvml.nvmlDeviceGetName(mig)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(mig)
+            except pynvml.NVMLError as err:
+                if err.value in _LOST:
+                    raise GpuLost(f"MIG device {slot}: {err}") from err
+                continue  # an empty slot (NOT_FOUND), or an instance destroyed meanwhile
+            if instance not in sm_by_instance:
+                pair = gpu.mig_gpm.get(instance)
+                if pair is None and gpu.gpm is not None:
+                    pair = gpu.mig_gpm[instance] = _GpmPair(self._gpm_buffers())
+                sm_by_instance[instance] = self._sm_metrics(
+                    pair, lambda buffer: pynvml.nvmlGpmMigSampleGet(gpu.handle, instance, buffer)
+                )
+            sm_active, sm_occupancy = sm_by_instance[instance]
+            samples.append(
+                MigSample(
+                    gpu_instance_id=instance,
+                    compute_instance_id=compute_instance,
+                    uuid=uuid,
+                    profile=_mig_profile(name),
+                    memory_used_mib=memory.used / _MIB,
+                    memory_total_mib=memory.total / _MIB,
+                    sm_active=sm_active,
+                    sm_occupancy=sm_occupancy,
+                    processes=_processes(_optional(pynvml.nvmlDeviceGetComputeRunningProcesses, mig)),
+                )
+            )
+        for instance in set(gpu.mig_gpm) - set(sm_by_instance):
+            self._free_gpm(gpu.mig_gpm.pop(instance), f"GPU {gpu.index} instance {instance}")
+        return samples
+
     def _sample_gpu(self, gpu: _Gpu) -> GpuSample:
         handle = gpu.handle
         utilization = _optional(pynvml.nvmlDeviceGetUtilizationRates, handle)
@@ -173,8 +350,11 @@ class NvmlBackend:
         power_mw = _optional(pynvml.nvmlDeviceGetPowerUsage, handle)
         pstate = _optional(pynvml.nvmlDeviceGetPerformanceState, handle)
         compute_mode = _optional(pynvml.nvmlDeviceGetComputeMode, handle)
-        processes = _optional(pynvml.nvmlDeviceGetComputeRunningProcesses, handle) or []
-        sm_active, sm_occupancy = self._sm_metrics(gpu)
+        mig = self._mig_samples(gpu)
+        # Under MIG the processes are read per instance; the whole-GPU list would repeat them.
+        processes = [] if mig else _processes(_optional(pynvml.nvmlDeviceGetComputeRunningProcesses, handle))
+        sm_active, sm_occupancy = self._sm_metrics(gpu.gpm, lambda buffer: pynvml.nvmlGpmSampleGet(handle, buffer))
+        counters = self._counters(handle)
         return GpuSample(
             index=gpu.index,
             uuid=gpu.uuid,
@@ -189,21 +369,28 @@ class NvmlBackend:
             temperature_c=_optional(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU),
             pstate=f"P{pstate}" if pstate is not None and pstate != pynvml.NVML_PSTATE_UNKNOWN else "Unknown",
             compute_mode=COMPUTE_MODES.get(compute_mode, "Unknown") if compute_mode is not None else "Unknown",
-            processes=[
-                (process.pid, process.usedGpuMemory / _MIB if process.usedGpuMemory is not None else None)
-                for process in processes
-            ],
+            processes=processes,
+            clocks_sm_mhz=_optional(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
+            clocks_memory_mhz=_optional(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM),
+            xid_errors=gpu.xid_errors if gpu.xid_events else None,
+            xid_last=gpu.xid_last,
+            mig=mig,
+            **counters,
         )
 
     def sample(self) -> list[GpuSample]:
         if self._gpus is None:
             self._gpus = self._start()
+        self._drain_xid_events()
         samples = []
         for gpu in self._gpus:
             try:
                 samples.append(self._sample_gpu(gpu))
             except GpuLost as err:
-                gpu.gpm_primed = False  # no SM average across the outage
+                # No SM average across the outage.
+                for pair in (gpu.gpm, *gpu.mig_gpm.values()):
+                    if pair is not None:
+                        pair.primed = False
                 if gpu.index not in self._lost:
                     log.warning("gpu: GPU %d (%s) cannot be read: %s", gpu.index, gpu.uuid, err)
                     self._lost.add(gpu.index)
@@ -213,12 +400,18 @@ class NvmlBackend:
 
     def close(self) -> None:
         for gpu in self._gpus or ():
-            for gpm_sample in gpu.gpm_samples:
-                try:
-                    pynvml.nvmlGpmSampleFree(gpm_sample)
-                except pynvml.NVMLError as err:
-                    log.debug("gpu: freeing a GPM sample of GPU %d failed: %s", gpu.index, err)
+            if gpu.gpm is not None:
+                self._free_gpm(gpu.gpm, f"GPU {gpu.index}")
+            for instance, pair in gpu.mig_gpm.items():
+                self._free_gpm(pair, f"GPU {gpu.index} instance {instance}")
         self._gpus = []
+        self._by_address.clear()
+        if self._event_set is not None:
+            try:
+                pynvml.nvmlEventSetFree(self._event_set)
+            except pynvml.NVMLError as err:
+                log.debug("gpu: freeing the NVML event set failed: %s", err)
+            self._event_set = None
         if self._initialised:
             pynvml.nvmlShutdown()
             self._initialised = False

@@ -1,0 +1,236 @@
+"""Runs of lossy intervals of one job and one cause, priced and explained.
+
+An episode is what a person acts on: "job llm-7 lost 1,900 GPU-seconds ($1.58)
+to the network from 10:02 to 10:14, on leaf01:swp51 (discards 40x normal,
+ECN marks at 6 NICs)". Intervals of one job with the same cause join into one
+episode; a gap of up to ``max_gap_intervals`` healthy or unreported intervals
+does not split it (a lossy interval of another cause does). Episodes that lost
+less than ``min_gpu_seconds`` are dropped as noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detector.attribution import NETWORK, SLOW_HOST, UNKNOWN
+from detector.jobs import format_time
+from detector.pricing import Prices
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeSettings:
+    max_gap_intervals: int = 1
+    min_gpu_seconds: float = 60.0
+    evidence_signals: int = 5
+    """How many signals an episode's evidence lists, strongest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One signal behind an episode: its peak over the episode and how far above normal."""
+
+    signal: str
+    counters: str
+    value: float
+    normal: float
+    score: float
+    links: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal, "counters": self.counters, "value": _round(self.value),
+            "normal": _round(self.normal), "score": round(self.score, 2),
+            "times_normal": None if not self.normal > 0 else round(self.value / self.normal, 1),
+            "links": list(self.links),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    job: str
+    cause: str
+    start: datetime
+    end: datetime
+    links: tuple[str, ...]
+    gpu_seconds_lost: float
+    dollars_lost: float
+    confidence: float
+    intervals: int
+    gpus: int
+    busy: float
+    baseline: float
+    evidence: tuple[Evidence, ...] = ()
+    hosts: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "start": format_time(self.start),
+            "end": format_time(self.end),
+            "cause": self.cause,
+            "links": list(self.links),
+            "gpu_seconds_lost": round(self.gpu_seconds_lost, 1),
+            "dollars_lost": round(self.dollars_lost, 2),
+            "confidence": round(self.confidence, 2),
+            "intervals": self.intervals,
+            "gpus": self.gpus,
+            "busy": round(self.busy, 1),
+            "baseline_busy": round(self.baseline, 1),
+            "hosts": list(self.hosts),
+            "evidence": [item.to_dict() for item in self.evidence],
+            **self.notes,
+        }
+
+
+def episode_ids(losses: pd.DataFrame, step_s: float, settings: EpisodeSettings) -> pd.Series:
+    """An episode number for each loss row (see :func:`detector.attribution.loss_rows`), before dropping small ones.
+
+    Rows of one job and cause join while at most ``max_gap_intervals`` intervals
+    lie between them and no row of another cause of that job falls in the gap.
+    """
+    ids = pd.Series(-1, index=losses.index, dtype=int)
+    if losses.empty:
+        return ids
+    step_ns = step_s * 1e9
+    next_id = 0
+    for _, job in losses.groupby("job", sort=True):
+        times = pd.DatetimeIndex(job["time"]).as_unit("ns").asi8
+        causes = job["cause"].to_numpy()
+        for cause in sorted(set(causes)):
+            mine = causes == cause
+            own_times = times[mine]
+            order = np.argsort(own_times, kind="stable")
+            own_times = own_times[order]
+            others = np.setdiff1d(np.unique(times[~mine]), own_times)
+            gaps = np.diff(own_times) / step_ns
+            between = np.searchsorted(others, own_times[1:]) - np.searchsorted(others, own_times[:-1], side="right")
+            new = np.concatenate([[True], (gaps > settings.max_gap_intervals + 1) | (between > 0)])
+            numbers = np.cumsum(new) - 1 + next_id
+            ids.loc[job.index[mine][order]] = numbers
+            next_id = int(numbers.max()) + 1
+    return ids
+
+
+def build_episodes(
+    losses: pd.DataFrame, evidence: pd.DataFrame, host_pause: pd.DataFrame, step_s: float, prices: Prices,
+    settings: EpisodeSettings = EpisodeSettings(), signal_counters: dict[str, str] | None = None,
+) -> tuple[list[Episode], pd.Series]:
+    """Episodes, biggest dollar loss first, and for each loss row the index of its episode in that list (-1: none)."""
+    ids = episode_ids(losses, step_s, settings)
+    episodes: list[tuple[int, Episode]] = []
+    step = pd.Timedelta(seconds=step_s)
+    for number, rows in losses[ids >= 0].groupby(ids[ids >= 0], sort=True):
+        lost = float(rows["gpu_seconds_lost"].sum())
+        if lost < settings.min_gpu_seconds:
+            continue
+        episodes.append((int(number), _episode(rows, lost, evidence, host_pause, step, prices, settings,
+                                               signal_counters or {})))
+    episodes.sort(key=lambda item: (-item[1].dollars_lost, item[1].start, item[1].job))
+    position = {number: index for index, (number, _) in enumerate(episodes)}
+    return [episode for _, episode in episodes], ids.map(lambda number: position.get(number, -1))
+
+
+def _episode(
+    rows: pd.DataFrame, lost: float, evidence: pd.DataFrame, host_pause: pd.DataFrame, step: pd.Timedelta,
+    prices: Prices, settings: EpisodeSettings, signal_counters: dict[str, str],
+) -> Episode:
+    job, cause = str(rows["job"].iloc[0]), str(rows["cause"].iloc[0])
+    model = str(rows["model"].iloc[0])
+    dollars = prices.dollars(lost, model, float(rows["energy_joules"].sum()))
+    weights = rows["gpu_seconds_lost"].to_numpy(dtype=float)
+    links: tuple[str, ...] = ()
+    items: tuple[Evidence, ...] = ()
+    hosts: tuple[str, ...] = ()
+    notes: dict[str, Any] = {}
+    if cause == NETWORK:
+        links = _ranked_links(rows)
+        items = _link_evidence(evidence, rows["time"], links, settings.evidence_signals, signal_counters)
+    if cause == SLOW_HOST:
+        hosts = tuple(sorted(rows["suspect_host"].dropna().astype(str).unique()))
+        items = _host_evidence(host_pause, rows["time"], hosts, settings.evidence_signals)
+    tx, rx = rows["tx_bytes"].mean(), rows["rx_bytes"].mean()
+    if not (math.isnan(tx) or math.isnan(rx)):
+        notes["traffic_gbps"] = {"tx": round(tx * 8 / 1e9, 2), "rx": round(rx * 8 / 1e9, 2)}
+    return Episode(
+        job=job, cause=cause,
+        start=(rows["time"].min() - step).to_pydatetime(), end=rows["time"].max().to_pydatetime(),
+        links=links, gpu_seconds_lost=lost, dollars_lost=dollars,
+        confidence=_confidence(rows, cause, items),
+        intervals=len(rows), gpus=int(rows["n_gpus"].max()),
+        busy=float(np.average(rows["busy"].fillna(0), weights=weights) if weights.sum() > 0 else rows["busy"].mean()),
+        baseline=float(rows["baseline"].iloc[0]), evidence=items, hosts=hosts, notes=notes,
+    )
+
+
+def _ranked_links(rows: pd.DataFrame) -> tuple[str, ...]:
+    """Links blamed in the episode's intervals, ranked by how often and how early they came first."""
+    points: dict[str, float] = {}
+    for links, lost in zip(rows["links"], rows["gpu_seconds_lost"]):
+        for rank, link in enumerate(links):
+            points[link] = points.get(link, 0.0) + float(lost) / (rank + 1)
+    return tuple(sorted(points, key=lambda link: (-points[link], link)))
+
+
+def _link_evidence(
+    evidence: pd.DataFrame, times: pd.Series, links: tuple[str, ...], limit: int, signal_counters: dict[str, str],
+) -> tuple[Evidence, ...]:
+    if not links or evidence.empty:
+        return ()
+    seen = evidence[evidence["time"].isin(times) & evidence["link"].isin(links) & (evidence["score"] >= 1.0)]
+    if seen.empty:
+        seen = evidence[evidence["time"].isin(times) & evidence["link"].isin(links) & (evidence["score"] > 0)]
+    items = []
+    for signal, rows in seen.groupby("signal"):
+        peak = rows.loc[rows["value"].idxmax()]
+        ranked = rows.groupby("link")["score"].max().sort_values(ascending=False)
+        items.append(Evidence(str(signal), signal_counters.get(str(signal), str(signal)), float(peak["value"]),
+                              float(peak["normal"]), float(rows["score"].max()), tuple(ranked.index[:8])))
+    # What the first blamed link itself shows explains the blame best: it goes first.
+    items.sort(key=lambda item: (links[0] not in item.links, -item.score))
+    return tuple(items[:limit])
+
+
+def _host_evidence(host_pause: pd.DataFrame, times: pd.Series, hosts: tuple[str, ...], limit: int) -> tuple[Evidence, ...]:
+    seen = host_pause[host_pause["time"].isin(times) & host_pause["host"].isin(hosts) & (host_pause["score"] > 0)]
+    items = []
+    for signal, rows in seen.groupby("signal"):
+        peak = rows.loc[rows["value"].idxmax()]
+        items.append(Evidence(str(signal), "tx_prio*_pause" if signal == "pauses_sent" else "tx_prio*_pause_duration",
+                              float(peak["value"]), float(peak["normal"]), float(rows["score"].max()), ()))
+    items.sort(key=lambda item: -item.score)
+    return tuple(items[:limit])
+
+
+def _confidence(rows: pd.DataFrame, cause: str, evidence: tuple[Evidence, ...]) -> float:
+    """0..1: how strongly the data back the cause (a heuristic, for sorting and alerting).
+
+    Longer episodes, deeper loss and, for the network, a path score far above 1
+    seen by several independent signals, or for a slow host strong pauses, count.
+    """
+    length = min(1.0, len(rows) / 4)
+    depth = min(1.0, float(rows["fraction"].mean()) / 0.2)
+    if cause == NETWORK:
+        strength = min(1.0, float(rows["path_score"].median()) / 3)
+        corroboration = min(1.0, len(evidence) / 3)
+        return float(np.clip(0.3 * strength + 0.3 * corroboration + 0.2 * length + 0.2 * depth, 0, 1))
+    if cause == SLOW_HOST:
+        strength = min(1.0, float(rows["pause_score"].median()) / 3)
+        return float(np.clip(0.4 + 0.3 * strength + 0.15 * length + 0.15 * depth, 0, 1))
+    if cause == UNKNOWN:
+        return float(np.clip(0.2 + 0.15 * length + 0.15 * depth, 0, 1))
+    return float(np.clip(0.4 + 0.3 * depth + 0.3 * length, 0, 1))
+
+
+def _round(value: float) -> float:
+    if not math.isfinite(value):
+        return value
+    if abs(value) >= 100:
+        return round(value, 1)
+    return float(f"{value:.4g}")

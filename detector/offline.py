@@ -1,0 +1,162 @@
+"""``strandwatch detect``: the detector over files, the stable offline contract.
+
+    strandwatch detect --input FILE.lp --topology TOPOLOGY.yaml --jobs JOBS.csv \\
+        [--price-per-gpu-hour 3.0] [--format json|table]
+
+reads line protocol (what strandwatch's collectors or an existing Telegraf
+pipeline wrote), the cluster's wiring and the jobs' GPU allocations, and prints
+the episodes of lost GPU time. ``--format json`` prints one JSON object::
+
+    {"episodes": [{"job", "start", "end", "cause", "links", "gpu_seconds_lost",
+                   "dollars_lost", "confidence", "evidence", ...}],
+     "totals": {"gpu_seconds_lost", "dollars_lost"}, ...}
+
+Times are RFC 3339 UTC; ``cause`` is ``network`` for loss to the fabric, and the
+other causes (``slow_host``, ``checkpoint``, ``input_stall``, ``hung``,
+``unknown``) are listed under their names but never counted in ``totals``, which
+are network loss only. Links are ``<agent_host>:<ifName>``. Exit status 0 on
+success, 2 when an input is missing or malformed (the message names the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+from collector.frames import points_to_frames
+from collector.lineprotocol import LineProtocolError, parse, parse_file
+from detector.detect import DetectionResult, DetectorSettings, detect
+from detector.jobs import JobsError, load_jobs
+from detector.pricing import Prices
+from detector.rates import RatesError
+from detector.telemetry import TelemetryError
+from detector.topology import Topology, TopologyError
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``detect`` subcommand's options."""
+    parser.add_argument("--input", required=True, metavar="FILE.lp",
+                        help="line protocol with interface, infiniband, ethtool and nvidia_smi points ('-': stdin)")
+    parser.add_argument("--topology", required=True, metavar="TOPOLOGY.yaml", help="hosts, NICs, switches and uplinks")
+    parser.add_argument("--jobs", required=True, metavar="JOBS.csv", help="job,host,gpus,start,end per allocation")
+    parser.add_argument("--price-per-gpu-hour", type=_non_negative, metavar="DOLLARS",
+                        help="price of a GPU-hour for every GPU model (default: per model, see docs/detector.md)")
+    parser.add_argument("--price-per-kwh", type=_non_negative, metavar="DOLLARS",
+                        help="also charge the energy stranded GPUs burned while waiting")
+    parser.add_argument("--interval", type=_positive, metavar="SECONDS",
+                        help="analysis interval (default: the data's sampling interval)")
+    parser.add_argument("--min-gpu-seconds", type=_non_negative, metavar="GPU_SECONDS",
+                        help="drop episodes that lost less (default 60)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+
+
+def run_detect(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``detect`` for parsed arguments; print the result; return the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        result, topology = _detect_files(args)
+    except (OSError, LineProtocolError, TopologyError, JobsError, TelemetryError, RatesError, ValueError) as error:
+        print(f"strandwatch detect: error: {error}", file=err)
+        return 2
+    if args.format == "json":
+        json.dump(result.to_dict(topology), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_table(result))
+    for warning in result.warnings:
+        print(f"strandwatch detect: warning: {warning}", file=err)
+    return 0
+
+
+def _detect_files(args: argparse.Namespace) -> tuple[DetectionResult, Topology]:
+    topology = Topology.load(args.topology)
+    allocations = load_jobs(args.jobs)
+    if args.input == "-":
+        points = parse(sys.stdin.read(), source_name="<stdin>")
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise OSError(f"{path}: no such input file")
+        points = parse_file(path)
+    if not points:
+        raise ValueError(f"{args.input}: no points in the input")
+    frames = points_to_frames(points)
+    prices = Prices(override_per_gpu_hour=args.price_per_gpu_hour, per_kwh=args.price_per_kwh)
+    settings = DetectorSettings(step_s=args.interval)
+    if args.min_gpu_seconds is not None:
+        settings = replace(settings, episodes=replace(settings.episodes, min_gpu_seconds=args.min_gpu_seconds))
+    try:
+        return detect(frames, topology, allocations, prices, settings), topology
+    except (TelemetryError, RatesError) as error:
+        raise type(error)(f"{args.input}: {error}") from error
+
+
+def format_table(result: DetectionResult) -> str:
+    """Episodes as an aligned text table, then the network totals."""
+    header = ("start", "end", "job", "cause", "GPU-s lost", "$ lost", "conf", "links / evidence")
+    rows = []
+    for episode in sorted(result.episodes, key=lambda e: (e.start, e.job)):
+        data = episode.to_dict()
+        parts = []
+        if episode.links:
+            parts.append(", ".join(episode.links[:3]) + (f" +{len(episode.links) - 3}" if len(episode.links) > 3 else ""))
+        elif episode.hosts:
+            parts.append(", ".join(episode.hosts))
+        if episode.evidence:
+            top = episode.evidence[0]
+            level = f"{top.value / top.normal:.0f}x normal" if top.normal > 0 else f"{top.value:.3g} (normal 0)"
+            parts.append(f"{top.signal} {level}")
+        detail = "; ".join(parts)
+        rows.append((data["start"], data["end"], episode.job, episode.cause, f"{episode.gpu_seconds_lost:,.0f}",
+                     f"{episode.dollars_lost:,.2f}", f"{episode.confidence:.2f}", detail))
+    lines = []
+    if rows:
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        numeric = {4, 5, 6}
+        for row in [header, *rows]:
+            cells = [str(cell).rjust(widths[i]) if i in numeric else str(cell).ljust(widths[i])
+                     for i, cell in enumerate(row)]
+            lines.append("  ".join(cells).rstrip())
+    else:
+        lines.append("no episodes of lost GPU time")
+    totals = result.totals()
+    lines.append("")
+    lines.append(f"network loss: {totals['gpu_seconds_lost']:,.0f} GPU-seconds, ${totals['dollars_lost']:,.2f}")
+    for cause, total in result.by_cause().items():
+        if cause != "network":
+            lines.append(f"  not network, {cause}: {total['gpu_seconds_lost']:,.0f} GPU-seconds, "
+                         f"${total['dollars_lost']:,.2f} ({total['episodes']} episodes)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detector.offline``: the detect command on its own."""
+    parser = argparse.ArgumentParser(prog="strandwatch detect", description=__doc__.split("\n")[0])
+    add_detect_arguments(parser)
+    return run_detect(parser.parse_args(argv))
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

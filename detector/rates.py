@@ -1,0 +1,212 @@
+"""Raw counters to per-second rates, one series at a time, without spikes.
+
+Devices report counters that only grow, until they do not: a Counter32 wraps at
+2^32, a switch reboots (sysUpTime goes back, every counter restarts from 0), an
+operator clears a NIC's counters, a poll is missed, a sample is delivered twice.
+A naive ``diff()`` turns each of these into a negative or absurdly large rate,
+and a detector fed such spikes reports congestion that never happened. The rules
+here, applied per series (one switch port, one NIC port, one netdev):
+
+- a decrease of a Counter32 field that fits a wrap (the wrapped increase is below
+  ``MAX_WRAP_INCREASE``) is a wrap: the increase is ``new + 2^32 - old``;
+- a decrease of any other counter, a Counter32 decrease too large to be a wrap,
+  sysUpTime going back (unless it wrapped itself) or ifCounterDiscontinuityTime
+  changing is a reset: the interval is dropped for every counter of that sample
+  and the new values are the new baseline;
+- the rate is the increase over the time actually elapsed since the series' last
+  sample that had the field, so a missed poll gives the mean rate over two
+  intervals; an interval longer than the maximum gap is dropped;
+- samples of one series at one timestamp are merged (the last non-null value of
+  each field wins), so redelivered or split lines do not make zero intervals.
+
+Everything is vectorised with numpy over the sorted frame: a million rows take
+well under a second per field.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Sequence
+
+import numpy as np
+import pandas as pd
+
+COUNTER32_FIELDS = frozenset({
+    "ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors",
+    "ifInOctets", "ifOutOctets", "ifInUcastPkts", "ifOutUcastPkts",
+})
+"""IF-MIB ifTable columns that exist only as 32-bit counters."""
+
+WRAP32 = float(2**32)
+MAX_WRAP_INCREASE = float(2**31)
+"""A Counter32 decrease is read as a wrap only when the wrapped increase is below
+half the counter's range; a larger one is more likely a restart from 0."""
+
+UPTIME_FIELD = "sysUpTime"
+DISCONTINUITY_FIELD = "ifCounterDiscontinuityTime"
+TIMETICKS_PER_SECOND = 100.0
+GAP_FACTOR = 4.0
+"""Without an explicit ``max_gap_s``, intervals longer than this many typical
+sampling intervals (the frame's median) are dropped."""
+
+INTERVAL = "interval_s"
+TIME = "time"
+
+
+class RatesError(ValueError):
+    """The frame lacks what rates need; the message names the column."""
+
+
+def counter_rates(
+    frame: pd.DataFrame,
+    *,
+    series: Sequence[str],
+    counters: Sequence[str],
+    gauges: Sequence[str] = (),
+    counter32: Collection[str] = COUNTER32_FIELDS,
+    max_gap_s: float | None = None,
+    source: str = "frame",
+) -> pd.DataFrame:
+    """Per-second rates of ``counters`` for every series of a wide frame.
+
+    ``frame`` has a ``time`` column (datetime64, UTC), the ``series`` tag columns
+    and numeric field columns; counters or gauges it lacks are skipped, so one
+    call serves sources that report different subsets. The result has one row
+    per sample that closes an interval (a series' first sample opens one and is
+    not returned): ``time`` (the interval's end), the series tags,
+    ``interval_s`` (seconds since the series' previous sample), each counter as
+    a rate per second (NaN where the interval was dropped) and each gauge's
+    value at ``time``.
+    """
+    if TIME not in frame.columns:
+        raise RatesError(f"{source}: no '{TIME}' column")
+    missing_tags = [tag for tag in series if tag not in frame.columns]
+    if missing_tags:
+        raise RatesError(f"{source}: missing series tag column(s) {', '.join(missing_tags)}")
+    counters = [name for name in counters if name in frame.columns]
+    gauges = [name for name in gauges if name in frame.columns and name not in counters]
+    markers = [name for name in (UPTIME_FIELD, DISCONTINUITY_FIELD) if name in frame.columns]
+    columns = [TIME, *series, *dict.fromkeys([*counters, *gauges, *markers])]
+    if frame.empty:
+        return pd.DataFrame(columns=[TIME, *series, INTERVAL, *counters, *gauges])
+
+    work = frame[columns]
+    codes = work.groupby(list(series), sort=False, dropna=False).ngroup().to_numpy()
+    times = _time_ns(work[TIME], source)
+    order = np.lexsort((times, codes))
+    codes, times = codes[order], times[order]
+    work = work.iloc[order].reset_index(drop=True)
+
+    duplicate = (codes[1:] == codes[:-1]) & (times[1:] == times[:-1])
+    if duplicate.any():
+        work = work.assign(_code=codes).groupby(["_code", TIME], sort=True, dropna=False).last()
+        work = work.reset_index()
+        codes = work.pop("_code").to_numpy()
+        times = _time_ns(work[TIME], source)
+
+    same_series = np.zeros(len(work), dtype=bool)
+    same_series[1:] = codes[1:] == codes[:-1]
+    row_dt = np.full(len(work), np.nan)
+    row_dt[1:] = (times[1:] - times[:-1]) / 1e9
+    row_dt[~same_series] = np.nan
+    if max_gap_s is None:
+        typical = np.nanmedian(row_dt) if np.isfinite(row_dt).any() else np.nan
+        max_gap_s = GAP_FACTOR * typical if np.isfinite(typical) else np.inf
+
+    values = {name: _numeric(work[name], source) for name in counters}
+    reset = np.zeros(len(work), dtype=bool)
+    if UPTIME_FIELD in markers:
+        reset |= _uptime_went_back(_numeric(work[UPTIME_FIELD], source), codes, times)
+    if DISCONTINUITY_FIELD in markers:
+        reset |= _changed(_numeric(work[DISCONTINUITY_FIELD], source), codes)
+    increases = {}
+    for name, column in values.items():
+        increase, went_down = _increases(column, codes, name in counter32)
+        increases[name] = increase
+        reset |= went_down
+    epoch = np.cumsum(reset)
+
+    result = {TIME: pd.to_datetime(times, utc=True), **{tag: work[tag].to_numpy() for tag in series}, INTERVAL: row_dt}
+    for name, column in values.items():
+        result[name] = _rate(column, increases[name], codes, times, epoch, max_gap_s)
+    for name in gauges:
+        result[name] = work[name].to_numpy()
+    return pd.DataFrame(result).loc[same_series].reset_index(drop=True)
+
+
+def _time_ns(column: pd.Series, source: str) -> np.ndarray:
+    try:
+        stamps = pd.to_datetime(column, utc=True)
+    except (TypeError, ValueError) as error:
+        raise RatesError(f"{source}: column '{TIME}' is not a time: {error}") from error
+    return pd.DatetimeIndex(stamps).as_unit("ns").asi8
+
+
+def _numeric(column: pd.Series, source: str) -> np.ndarray:
+    converted = pd.to_numeric(column, errors="coerce")
+    if converted.isna().all() and column.notna().any():
+        raise RatesError(f"{source}: field '{column.name}' holds no numbers")
+    return converted.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _previous_valid(column: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of non-null values and, for each, the position of the series' previous non-null value (-1)."""
+    positions = np.flatnonzero(~np.isnan(column))
+    previous = np.full(len(positions), -1)
+    if len(positions) > 1:
+        continues = codes[positions[1:]] == codes[positions[:-1]]
+        previous[1:] = np.where(continues, positions[:-1], -1)
+    return positions, previous
+
+
+def _increases(column: np.ndarray, codes: np.ndarray, is_counter32: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Increase since the series' previous value (NaN where none) and rows where the counter restarted."""
+    increase = np.full(len(column), np.nan)
+    went_down = np.zeros(len(column), dtype=bool)
+    positions, previous = _previous_valid(column, codes)
+    has_previous = previous >= 0
+    here, before = positions[has_previous], previous[has_previous]
+    delta = column[here] - column[before]
+    if is_counter32:
+        wrapped = delta + WRAP32
+        is_wrap = (delta < 0) & (column[before] < WRAP32) & (wrapped < MAX_WRAP_INCREASE)
+        delta = np.where(is_wrap, wrapped, delta)
+    restarted = delta < 0
+    went_down[here[restarted]] = True
+    increase[here] = np.where(restarted, np.nan, delta)
+    return increase, went_down
+
+
+def _uptime_went_back(uptime: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """sysUpTime decreased, unless the 32-bit TimeTicks value itself wrapped."""
+    went_back = np.zeros(len(uptime), dtype=bool)
+    positions, previous = _previous_valid(uptime, codes)
+    has_previous = previous >= 0
+    here, before = positions[has_previous], previous[has_previous]
+    delta = uptime[here] - uptime[before]
+    elapsed_ticks = (times[here] - times[before]) / 1e9 * TIMETICKS_PER_SECOND
+    tick_wrap = (delta < 0) & (np.abs(delta + WRAP32 - elapsed_ticks) <= 0.5 * elapsed_ticks + TIMETICKS_PER_SECOND)
+    went_back[here[(delta < 0) & ~tick_wrap]] = True
+    return went_back
+
+
+def _changed(marker: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    changed = np.zeros(len(marker), dtype=bool)
+    positions, previous = _previous_valid(marker, codes)
+    has_previous = previous >= 0
+    here, before = positions[has_previous], previous[has_previous]
+    changed[here[marker[here] != marker[before]]] = True
+    return changed
+
+
+def _rate(
+    column: np.ndarray, increase: np.ndarray, codes: np.ndarray, times: np.ndarray,
+    epoch: np.ndarray, max_gap_s: float,
+) -> np.ndarray:
+    rate = np.full(len(column), np.nan)
+    positions, previous = _previous_valid(column, codes)
+    has_previous = previous >= 0
+    here, before = positions[has_previous], previous[has_previous]
+    elapsed = (times[here] - times[before]) / 1e9
+    usable = (epoch[here] == epoch[before]) & (elapsed > 0) & (elapsed <= max_gap_s)
+    rate[here[usable]] = increase[here[usable]] / elapsed[usable]
+    return rate

@@ -1,0 +1,305 @@
+"""From wide frames per measurement to tidy rates on one time grid.
+
+The detector reads the four measurements of the data contract as
+``collector.frames.points_to_frames`` (or a store's reads) give them: one wide
+frame per measurement, a ``time`` column, one column per tag and per field.
+This module turns them into what the detector reasons about, per grid interval:
+
+- switch ports: octets, packets, discards, errors per second, speed, status;
+- NIC ports (``infiniband``): congestion, retransmission and error counters
+  and traffic per second;
+- netdevs (``ethtool``): PFC pause frames and pause time received and sent;
+- GPUs (``nvidia_smi``): the busy signal and power.
+
+All samples are put on one grid of ``step_s`` seconds: a sample stamped ``t``
+describes the interval that ends at ``t`` and is labelled with the grid time
+nearest ``t``, so sources polled a little apart in time still line up. Missing
+measurements give empty frames: a site without ethtool or without GPUs still
+gets everything the other sources say.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
+from detector.rates import TIME, counter_rates
+
+log = logging.getLogger(__name__)
+
+
+class TelemetryError(ValueError):
+    """The telemetry cannot be analysed; the message names the measurement and the problem."""
+
+
+INTERFACE_NAME_TAGS = ("ifName", "ifDescr", "ifIndex")
+"""The first of these tags present names a switch port (Telegraf configs vary)."""
+SWITCH_TAG = "agent_host"
+
+INTERFACE_COUNTERS = (
+    "ifHCInOctets", "ifHCOutOctets", "ifInOctets", "ifOutOctets",
+    "ifHCInUcastPkts", "ifHCOutUcastPkts",
+    "ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors",
+)
+INTERFACE_GAUGES = ("ifHighSpeed", "ifOperStatus")
+
+NIC_TRAFFIC = ("port_xmit_data", "port_rcv_data", "port_xmit_data_64", "port_rcv_data_64")
+"""4-byte words (sysfs), whatever the lane count."""
+NIC_CONGESTION = (
+    "port_xmit_wait", "np_ecn_marked_roce_packets", "np_cnp_sent", "rp_cnp_handled",
+)
+NIC_RECOVERY = (
+    "roce_adp_retrans", "local_ack_timeout_err", "out_of_sequence", "packet_seq_err",
+)
+NIC_ERRORS = (
+    "symbol_error", "port_rcv_errors", "link_error_recovery", "link_downed",
+    "local_link_integrity_errors",
+)
+NIC_COUNTERS = (*NIC_TRAFFIC, *NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS)
+
+PRIORITY_PAUSE_FIELD = re.compile(r"^(rx|tx)_prio\d+_pause(_duration)?$")
+"""mlx5 per-priority PFC counters: pause frames, and pause time in microseconds."""
+GLOBAL_PAUSE_FIELD = re.compile(r"^(rx|tx)_pause_ctrl_phy$")
+"""Pause frames of all priorities together: used only where the per-priority ones are missing,
+since they count the same frames again."""
+ETHTOOL_BYTES = {"rx_bytes": ("rx_bytes_phy", "rx_bytes"), "tx_bytes": ("tx_bytes_phy", "tx_bytes")}
+"""Bytes on the wire per direction, by the first name a driver has."""
+
+BUSY_FIELDS = ("sm_active", "utilization_gpu")
+"""The GPU busy signal: SM activity where the GPU reports it, else NVML's utilization."""
+
+
+@dataclass(slots=True)
+class Telemetry:
+    """Rates per interval on one grid; each frame has a ``time`` column of grid times."""
+
+    step_s: float
+    ports: pd.DataFrame
+    """agent_host, port, in_bps, out_bps, in_pps, out_pps, discards_in, discards_out, errors_in, errors_out, speed_bps, oper_status."""
+    nics: pd.DataFrame
+    """host, device, port, netdev, tx_bytes, rx_bytes and the NIC counters per second."""
+    pauses: pd.DataFrame
+    """host, netdev, pause_rx, pause_rx_us, pause_tx, pause_tx_us (frames and microseconds per second), tx_bytes, rx_bytes."""
+    gpus: pd.DataFrame
+    """host, gpu (int), busy (%), busy_field, kernel (utilization_gpu where busy is sm_active, %), power_w, model."""
+    start: pd.Timestamp | None
+    end: pd.Timestamp | None
+
+
+def load_telemetry(frames: Mapping[str, pd.DataFrame], step_s: float | None = None) -> Telemetry:
+    """Rates and GPU busy on one grid from the wide frames of a scenario or a store read."""
+    ports = _port_rates(frames.get(INTERFACE))
+    nics = _nic_rates(frames.get(INFINIBAND))
+    pauses = _pause_rates(frames.get(ETHTOOL))
+    gpus = _gpu_samples(frames.get(NVIDIA_SMI))
+    if step_s is None:
+        step_s = _typical_step(gpus, ports, nics, pauses)
+        # Collectors run on whole intervals; jitter must not make the grid drift (or its times odd).
+        if np.isfinite(step_s):
+            step_s = float(round(step_s)) if step_s >= 2 else round(step_s, 1)
+    if not step_s or not np.isfinite(step_s) or step_s <= 0:
+        raise TelemetryError(
+            "cannot tell the sampling interval: no series has two samples "
+            f"(measurements present: {', '.join(sorted(frames)) or 'none'})"
+        )
+    ports = _on_grid(ports, ["agent_host", "port"], step_s)
+    nics = _on_grid(nics, ["host", "device", "port"], step_s)
+    pauses = _on_grid(pauses, ["host", "netdev"], step_s)
+    gpus = _on_grid(gpus, ["host", "gpu"], step_s)
+    times = [frame[TIME] for frame in (ports, nics, pauses, gpus) if not frame.empty]
+    start = min(series.min() for series in times) if times else None
+    end = max(series.max() for series in times) if times else None
+    return Telemetry(step_s, ports, nics, pauses, gpus, start, end)
+
+
+def _typical_step(*frames: pd.DataFrame) -> float:
+    for frame in frames:
+        if "interval_s" in frame.columns and frame["interval_s"].notna().any():
+            return float(np.nanmedian(frame["interval_s"].to_numpy(dtype=float)))
+    return float("nan")
+
+
+def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFrame:
+    """Label samples with the nearest grid time and merge samples of a series that land together."""
+    if frame.empty:
+        return frame
+    step_ns = int(round(step_s * 1e9))
+    stamps = pd.DatetimeIndex(frame[TIME]).as_unit("ns").asi8
+    grid = pd.to_datetime(np.round(stamps / step_ns).astype(np.int64) * step_ns, utc=True)
+    frame = frame.assign(**{TIME: grid})
+    if not frame.duplicated([TIME, *keys]).any():
+        return frame.reset_index(drop=True)
+    numeric = [c for c in frame.columns if c not in (TIME, *keys) and pd.api.types.is_numeric_dtype(frame[c])]
+    others = [c for c in frame.columns if c not in (TIME, *keys, *numeric)]
+    grouped = frame.groupby([TIME, *keys], sort=False, dropna=False)
+    merged = grouped[numeric].mean()
+    if others:
+        merged = merged.join(grouped[others].last())
+    return merged.reset_index()
+
+
+def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["time", "agent_host", "port", "interval_s", "in_bps", "out_bps", "in_pps", "out_pps",
+               "discards_in", "discards_out", "errors_in", "errors_out", "speed_bps", "oper_status"]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    if SWITCH_TAG not in frame.columns:
+        raise TelemetryError(f"measurement '{INTERFACE}': no '{SWITCH_TAG}' tag to tell switches apart")
+    name_tag = next((tag for tag in INTERFACE_NAME_TAGS if tag in frame.columns), None)
+    if name_tag is None:
+        raise TelemetryError(f"measurement '{INTERFACE}': no interface tag ({', '.join(INTERFACE_NAME_TAGS)})")
+    rates = counter_rates(
+        frame, series=[SWITCH_TAG, name_tag], counters=INTERFACE_COUNTERS, gauges=INTERFACE_GAUGES,
+        source=f"measurement '{INTERFACE}'",
+    )
+    def column(*names: str) -> pd.Series:
+        """The first of these rate columns, filled from the next where a port lacks it."""
+        result = pd.Series(np.nan, index=rates.index)
+        for name in names:
+            if name in rates.columns:
+                result = result.fillna(rates[name].astype(float))
+        return result
+
+    return pd.DataFrame({
+        "time": rates[TIME],
+        "agent_host": rates[SWITCH_TAG].astype(str),
+        "port": rates[name_tag].astype(str),
+        "interval_s": rates["interval_s"],
+        "in_bps": column("ifHCInOctets", "ifInOctets") * 8,
+        "out_bps": column("ifHCOutOctets", "ifOutOctets") * 8,
+        "in_pps": column("ifHCInUcastPkts"),
+        "out_pps": column("ifHCOutUcastPkts"),
+        "discards_in": column("ifInDiscards"),
+        "discards_out": column("ifOutDiscards"),
+        "errors_in": column("ifInErrors"),
+        "errors_out": column("ifOutErrors"),
+        "speed_bps": column("ifHighSpeed") * 1e6,
+        "oper_status": column("ifOperStatus"),
+    })
+
+
+def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["time", "host", "device", "port", "netdev", "interval_s", "tx_bytes", "rx_bytes", *NIC_CONGESTION,
+               *NIC_RECOVERY, *NIC_ERRORS]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    for tag in ("host", "device"):
+        if tag not in frame.columns:
+            raise TelemetryError(f"measurement '{INFINIBAND}': no '{tag}' tag")
+    frame = frame if "port" in frame.columns else frame.assign(port="1")
+    rates = counter_rates(
+        frame, series=["host", "device", "port"], counters=NIC_COUNTERS, source=f"measurement '{INFINIBAND}'",
+    )
+    out = pd.DataFrame({
+        "time": rates[TIME],
+        "host": rates["host"].astype(str),
+        "device": rates["device"].astype(str),
+        "port": rates["port"].astype(str),
+        "interval_s": rates["interval_s"],
+    })
+    netdevs = _last_tag(frame, ["host", "device", "port"], "netdev")
+    out["netdev"] = [netdevs.get(key) for key in zip(out["host"], out["device"], out["port"])]
+    for direction, names in (("tx_bytes", ("port_xmit_data_64", "port_xmit_data")),
+                             ("rx_bytes", ("port_rcv_data_64", "port_rcv_data"))):
+        words = pd.Series(np.nan, index=rates.index)
+        for name in names:
+            if name in rates.columns:
+                words = words.fillna(rates[name].astype(float))
+        out[direction] = words * 4
+    for name in (*NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS):
+        out[name] = rates[name].astype(float) if name in rates.columns else np.nan
+    return out
+
+
+def _pause_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["time", "host", "netdev", "interval_s", "pause_rx", "pause_rx_us", "pause_tx", "pause_tx_us",
+               "tx_bytes", "rx_bytes"]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    for tag in ("host", "interface"):
+        if tag not in frame.columns:
+            raise TelemetryError(f"measurement '{ETHTOOL}': no '{tag}' tag")
+    pause_fields = [name for name in frame.columns if PRIORITY_PAUSE_FIELD.match(name)]
+    if not pause_fields:
+        pause_fields = [name for name in frame.columns if GLOBAL_PAUSE_FIELD.match(name)]
+    byte_fields = [name for names in ETHTOOL_BYTES.values() for name in names if name in frame.columns]
+    counters = [*pause_fields, *byte_fields]
+    rates = counter_rates(frame, series=["host", "interface"], counters=counters, source=f"measurement '{ETHTOOL}'")
+    out = pd.DataFrame({
+        "time": rates[TIME],
+        "host": rates["host"].astype(str),
+        "netdev": rates["interface"].astype(str),
+        "interval_s": rates["interval_s"],
+    })
+    for direction in ("rx", "tx"):
+        frame_fields = [n for n in pause_fields if n.startswith(direction) and not n.endswith("_duration")]
+        duration_fields = [n for n in pause_fields if n.startswith(direction) and n.endswith("_duration")]
+        out[f"pause_{direction}"] = _sum_or_nan(rates, frame_fields)
+        out[f"pause_{direction}_us"] = _sum_or_nan(rates, duration_fields)
+    for name, sources in ETHTOOL_BYTES.items():
+        out[name] = np.nan
+        for source in sources:
+            if source in rates.columns:
+                out[name] = out[name].fillna(rates[source].astype(float))
+    return out
+
+
+def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
+    columns = ["time", "host", "gpu", "interval_s", "busy", "busy_field", "kernel", "power_w", "model"]
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    for tag in ("host", "index"):
+        if tag not in frame.columns:
+            raise TelemetryError(f"measurement '{NVIDIA_SMI}': no '{tag}' tag")
+    present = [name for name in BUSY_FIELDS if name in frame.columns]
+    if not present:
+        raise TelemetryError(f"measurement '{NVIDIA_SMI}': neither {' nor '.join(BUSY_FIELDS)} is present")
+    gpu = pd.to_numeric(frame["index"], errors="coerce")
+    if gpu.isna().any():
+        bad = frame.loc[gpu.isna(), "index"].iloc[0]
+        raise TelemetryError(f"measurement '{NVIDIA_SMI}': tag 'index' is not a GPU number: {bad!r}")
+    out = pd.DataFrame({"time": frame[TIME], "host": frame["host"].astype(str), "gpu": gpu.astype(int)})
+    out["busy"] = np.nan
+    out["busy_field"] = ""
+    # One signal per GPU, never a mix: a GPU that reports SM activity at all is judged on it alone.
+    has_sm = pd.Series(False, index=frame.index)
+    if "sm_active" in frame.columns:
+        sm = pd.to_numeric(frame["sm_active"], errors="coerce")
+        has_sm = sm.notna().groupby([out["host"], out["gpu"]]).transform("any")
+        out.loc[has_sm, "busy"] = sm[has_sm]
+        out.loc[has_sm, "busy_field"] = "sm_active"
+    out["kernel"] = np.nan
+    if "utilization_gpu" in frame.columns:
+        utilization = pd.to_numeric(frame["utilization_gpu"], errors="coerce")
+        out.loc[~has_sm, "busy"] = utilization[~has_sm]
+        out.loc[~has_sm, "busy_field"] = "utilization_gpu"
+        # Beside SM activity, NVML's utilization says whether any kernel ran at all (NCCL's included).
+        out.loc[has_sm, "kernel"] = utilization[has_sm]
+    out["power_w"] = pd.to_numeric(frame["power_draw"], errors="coerce") if "power_draw" in frame.columns else np.nan
+    out["model"] = frame["name"].astype(str) if "name" in frame.columns else ""
+    out = out.sort_values(["host", "gpu", TIME], kind="stable")
+    stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8.astype(float)
+    same = (out["host"].to_numpy()[1:] == out["host"].to_numpy()[:-1]) & (out["gpu"].to_numpy()[1:] == out["gpu"].to_numpy()[:-1])
+    interval = np.full(len(out), np.nan)
+    interval[1:] = np.where(same, np.diff(stamps) / 1e9, np.nan)
+    out["interval_s"] = interval
+    return out.reset_index(drop=True)
+
+
+def _sum_or_nan(frame: pd.DataFrame, names: list[str]) -> pd.Series:
+    if not names:
+        return pd.Series(np.nan, index=frame.index)
+    return frame[names].astype(float).sum(axis=1, min_count=1)
+
+
+def _last_tag(frame: pd.DataFrame, keys: list[str], tag: str) -> dict[tuple, str]:
+    if tag not in frame.columns:
+        return {}
+    known = frame.dropna(subset=[tag]).drop_duplicates(keys, keep="last")
+    return {tuple(str(v) for v in row[:-1]): str(row[-1]) for row in known[[*keys, tag]].itertuples(index=False)}

@@ -1,0 +1,206 @@
+"""The detector's parts on the hand-written scenario, and its accuracy on simulated clusters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collector.frames import points_to_frames
+from collector.lineprotocol import parse_file
+from detector.attribution import IDENTITY, NETWORK, AttributionSettings, attribute, idle_loss_model
+from detector.congestion import UTILIZATION_CAP, link_congestion
+from detector.detect import detect
+from detector.episodes import EpisodeSettings, episode_ids
+from detector.evaluation import Accuracy, evaluate
+from detector.jobs import load_jobs
+from detector.pricing import FALLBACK_PER_GPU_HOUR, Prices, gpu_model_key
+from detector.telemetry import TelemetryError, load_telemetry
+from detector.topology import Topology
+
+FIXTURES = Path(__file__).parent / "fixtures" / "detect"
+T0 = pd.Timestamp("2026-03-02T10:00:00Z")
+
+
+def at(i: int) -> pd.Timestamp:
+    return T0 + pd.Timedelta(seconds=30 * i)
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    frames = points_to_frames(parse_file(FIXTURES / "telemetry.lp"))
+    topology = Topology.load(FIXTURES / "topology.yaml")
+    allocations = load_jobs(FIXTURES / "jobs.csv")
+    telemetry = load_telemetry(frames)
+    congestion = link_congestion(telemetry, topology)
+    return frames, topology, allocations, telemetry, congestion
+
+
+def score(congestion, link: str, i: int) -> pd.Series:
+    rows = congestion.scores[(congestion.scores["link"] == link) & (congestion.scores["time"] == at(i))]
+    assert len(rows) == 1, (link, i)
+    return rows.iloc[0]
+
+
+def test_grid_and_rates_survive_wrap_and_reboot(scenario):
+    _, _, _, telemetry, congestion = scenario
+    assert telemetry.step_s == 30.0
+    # leaf01 swp1's ifInDiscards wraps at sample 3: 5/s, not a spike.
+    port = telemetry.ports[(telemetry.ports["agent_host"] == "10.0.0.11") & (telemetry.ports["port"] == "swp1")]
+    assert port["discards_in"].dropna().between(4.9, 5.1).all()
+    # leaf02 reboots at sample 10: that interval is dropped, never negative or huge.
+    leaf02 = telemetry.ports[telemetry.ports["agent_host"] == "10.0.0.12"]
+    assert leaf02.loc[leaf02["time"] == at(10), "in_bps"].isna().all()
+    assert (leaf02["in_bps"].dropna() < 400e9).all() and (leaf02["in_bps"].dropna() >= 0).all()
+    assert congestion.scores["score"].max() < 1e3
+
+
+def test_uplink_congestion_is_local_and_host_links_see_it_from_their_end(scenario):
+    *_, congestion = scenario
+    uplink = score(congestion, "10.0.0.11:swp51", 6)
+    assert uplink["local_score"] >= 1 and uplink["top_signal"] in ("discards", "utilization")
+    host_link = score(congestion, "10.0.0.11:swp1", 6)
+    assert host_link["path_score"] >= 1 and host_link["local_score"] < 1
+    assert score(congestion, "10.0.0.11:swp51", 3)["score"] < 1
+
+
+def test_saturation_alone_is_not_congestion(scenario):
+    *_, congestion = scenario
+    utilization = congestion.signals[congestion.signals["signal"] == "utilization"]
+    assert utilization["score"].max() <= UTILIZATION_CAP < 1
+
+
+def test_pauses_a_host_sends_are_its_own_not_the_links(scenario):
+    *_, congestion = scenario
+    sent = congestion.host_pause[(congestion.host_pause["host"] == "node03") & (congestion.host_pause["time"] == at(16))]
+    assert sent["score"].max() >= 1
+    assert score(congestion, "10.0.0.12:swp1", 16)["score"] < 1  # node03's own link
+    assert score(congestion, "10.0.0.11:swp1", 16)["path_score"] >= 1  # node01 receives the pauses
+
+
+def test_attribution_causes_and_loss(scenario):
+    _, topology, allocations, telemetry, congestion = scenario
+    intervals = attribute(telemetry, congestion, topology, allocations).intervals
+    train = intervals[intervals["job"] == "train-a"].set_index("time")
+    congested = [at(i) for i in range(5, 9)]
+    assert (train.loc[congested, "network_fraction"] > 0.45).all()
+    assert (train.loc[congested, "other_fraction"] == 0).all()
+    assert train.loc[at(6), "network_fraction"] == pytest.approx(0.5, abs=0.03)
+    assert set(train.loc[[at(16), at(17)], "other_cause"]) == {"slow_host"}
+    assert (train.loc[[at(16), at(17)], "network_fraction"] == 0).all()
+    healthy = [at(i) for i in (1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 18, 19)]
+    assert (train.loc[healthy, ["network_fraction", "other_fraction"]] == 0).all().all()
+    evaluation = intervals[intervals["job"] == "eval-b"].set_index("time")
+    assert set(evaluation.loc[[at(12), at(13), at(14)], "other_cause"]) == {"checkpoint"}
+    assert (evaluation["network_fraction"] == 0).all()
+    assert evaluation["n_gpus"].max() == 1  # node02's GPU 1 is in no job
+    assert evaluation.index.max() == at(19)
+
+
+def test_network_loss_needs_the_job_to_slow_down(scenario):
+    frames, topology, allocations, *_ = scenario
+    nvidia = frames["nvidia_smi"].copy()
+    congested = nvidia["time"].isin([at(i) for i in range(5, 9)]) & nvidia["host"].isin(["node01", "node03"])
+    nvidia.loc[congested, "sm_active"] = 80.0  # the job rode the congestion out
+    result = detect({**frames, "nvidia_smi": nvidia}, topology, allocations)
+    assert result.totals()["gpu_seconds_lost"] == 0
+
+
+def test_missing_measurements_still_detect(scenario):
+    frames, topology, allocations, *_ = scenario
+    only_switches = {"interface": frames["interface"], "nvidia_smi": frames["nvidia_smi"]}
+    result = detect(only_switches, topology, allocations)
+    network = result.network_episodes
+    assert len(network) == 1 and network[0].links[0] == "10.0.0.11:swp51"
+    with pytest.raises(TelemetryError, match="no series has two samples"):
+        first_poll = frames["interface"][frames["interface"]["time"] == T0]
+        detect({"interface": first_poll}, topology, allocations)
+
+
+def test_episodes_bridge_one_quiet_interval_but_not_another_cause():
+    causes = {1: NETWORK, 2: NETWORK, 4: NETWORK, 5: "checkpoint", 6: NETWORK, 9: NETWORK}
+    losses = pd.DataFrame({"time": [at(i) for i in causes], "job": "j", "cause": list(causes.values())})
+    ids = episode_ids(losses, 30.0, EpisodeSettings(max_gap_intervals=1))
+    network = ids[losses["cause"] == NETWORK].tolist()
+    assert network[0] == network[1] == network[2]  # one interval without loss between: same episode
+    assert network[3] != network[2]  # a checkpoint in between: a new one
+    assert network[4] != network[3]  # two intervals without loss: a new one
+    assert ids[losses["cause"] == "checkpoint"].nunique() == 1 and not set(network) & set(ids[losses["cause"] == "checkpoint"])
+
+
+def test_prices():
+    assert gpu_model_key("NVIDIA H100 80GB HBM3") == "H100"
+    assert gpu_model_key("NVIDIA A100-SXM4-80GB") == "A100"
+    prices = Prices()
+    assert prices.gpu_hour("H100") == 3.0
+    assert prices.gpu_hour("NVIDIA H200") == 4.5
+    assert prices.gpu_hour("Tesla T4") == FALLBACK_PER_GPU_HOUR
+    assert Prices(override_per_gpu_hour=2.0).gpu_hour("B200") == 2.0
+    assert prices.dollars(3600, "H100") == pytest.approx(3.0)
+    with_energy = Prices(per_kwh=0.2)
+    assert with_energy.dollars(3600, "H100", energy_joules=3.6e6) == pytest.approx(3.2)
+    with pytest.raises(ValueError, match="per_kwh"):
+        Prices(per_kwh=-1)
+
+
+def test_baseline_ignores_congested_and_idle_intervals(scenario):
+    _, topology, allocations, telemetry, congestion = scenario
+    intervals = attribute(telemetry, congestion, topology, allocations, AttributionSettings()).intervals
+    assert intervals.loc[intervals["job"] == "train-a", "baseline"].iloc[0] == pytest.approx(80, abs=1)
+    assert intervals.loc[intervals["job"] == "eval-b", "baseline"].iloc[0] == pytest.approx(60, abs=1)
+    assert np.isfinite(intervals[["loss_fraction", "network_fraction", "other_fraction"]]).all().all()
+
+
+def test_idle_to_loss_fit_is_robust_to_loss_without_idle_time():
+    """A job whose GPUs keep some kernels during checkpoints: loss = 1.6 x idle; two slow-host outliers."""
+    idle = np.array([0.0] * 20 + [0.5, 0.55, 0.6, 0.58, 0.52, 0.61] + [0.0, 0.0])
+    loss = np.array([0.0] * 20 + list(1.6 * idle[20:26]) + [0.35, 0.4])
+    frame = pd.DataFrame({"idle_fraction": idle, "loss_fraction": loss})
+    model = idle_loss_model(frame, pd.Series(True, index=frame.index), AttributionSettings())
+    assert model.fitted and model.slope == pytest.approx(1.6, abs=0.05) and abs(model.intercept) < 0.02
+    least_squares = np.polyfit(idle, loss, 1)
+    assert abs(least_squares[0] - 1.6) > 3 * abs(model.slope - 1.6)  # the outliers bend least squares
+    too_little = frame.assign(idle_fraction=0.0)
+    assert idle_loss_model(too_little, pd.Series(True, index=frame.index), AttributionSettings()) == IDENTITY
+
+
+@pytest.fixture(scope="module")
+def default_scenario():
+    from detector.simulator import SimConfig, simulate
+    points, sim = simulate(SimConfig())
+    return points_to_frames(points), sim
+
+
+def check_accuracy(frames, sim) -> Accuracy:
+    result = detect(frames, sim.topology, sim.allocations)
+    accuracy = evaluate(result, sim.ground_truth.episodes, sim.topology, sim.allocations)
+    assert accuracy.true_episodes > 0
+    assert accuracy.precision >= 0.9 and accuracy.recall >= 0.9, accuracy.rows()
+    assert accuracy.link_accuracy is not None and accuracy.link_accuracy >= 0.9, accuracy.rows()
+    assert abs(accuracy.dollar_error) <= 0.10, accuracy.rows()
+    assert accuracy.confounders_blamed_on_network == 0 and accuracy.false_network_dollars == 0, accuracy.rows()
+    return accuracy
+
+
+@pytest.mark.slow
+def test_accuracy_on_the_default_scenario(default_scenario):
+    frames, sim = default_scenario
+    accuracy = check_accuracy(frames, sim)
+    table = dict(accuracy.rows())
+    assert set(table) >= {"precision", "recall", "F1", "root-cause link accuracy", "network dollar error"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_accuracy_on_other_seeds(seed):
+    from detector.simulator import SimConfig, simulate
+    points, sim = simulate(SimConfig(seed=seed, switch_reboot=True))
+    check_accuracy(points_to_frames(points), sim)
+
+
+@pytest.mark.slow
+def test_accuracy_without_ethtool_a_slow_host_shows_as_a_straggler(default_scenario):
+    frames, sim = default_scenario
+    check_accuracy({name: frame for name, frame in frames.items() if name != "ethtool"}, sim)

@@ -1,0 +1,177 @@
+"""Counter rates: wraps, resets, gaps and duplicates never become spikes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.rates import RatesError, counter_rates
+
+T0 = pd.Timestamp("2026-03-02T10:00:00Z")
+
+
+def port_frame(rows: list[dict], port: str = "swp1", agent: str = "leaf01") -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame["time"] = [T0 + pd.Timedelta(seconds=s) for s in frame.pop("t")]
+    frame["agent_host"] = agent
+    frame["ifName"] = port
+    return frame
+
+
+def rates(frame: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    return counter_rates(
+        frame, series=["agent_host", "ifName"],
+        counters=["ifHCOutOctets", "ifOutDiscards", "ifInErrors"], gauges=["ifHighSpeed"], **kwargs,
+    )
+
+
+def test_steady_counters_give_rates_over_elapsed_time():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 0.0, "ifOutDiscards": 5.0, "ifHighSpeed": 400000.0},
+        {"t": 10, "ifHCOutOctets": 1e10, "ifOutDiscards": 25.0, "ifHighSpeed": 400000.0},
+        {"t": 20, "ifHCOutOctets": 3e10, "ifOutDiscards": 25.0, "ifHighSpeed": 400000.0},
+    ])
+    out = rates(frame)
+    assert list(out["ifHCOutOctets"]) == [1e9, 2e9]
+    assert list(out["ifOutDiscards"]) == [2.0, 0.0]
+    assert list(out["interval_s"]) == [10.0, 10.0]
+    assert list(out["ifHighSpeed"]) == [400000.0, 400000.0]
+    assert "ifInErrors" not in out.columns
+
+
+def test_counter32_wrap_is_an_increase():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 0.0, "ifOutDiscards": 2**32 - 100.0},
+        {"t": 10, "ifHCOutOctets": 1e9, "ifOutDiscards": 400.0},
+    ])
+    assert rates(frame)["ifOutDiscards"].tolist() == [50.0]
+
+
+def test_counter32_restart_from_small_value_is_a_reset_not_a_wrap():
+    frame = port_frame([
+        {"t": 0, "ifOutDiscards": 1000.0},
+        {"t": 10, "ifOutDiscards": 10.0},
+        {"t": 20, "ifOutDiscards": 30.0},
+    ])
+    out = rates(frame)["ifOutDiscards"].tolist()
+    assert np.isnan(out[0]) and out[1] == 2.0
+
+
+def test_sysuptime_going_back_drops_the_interval_for_every_counter():
+    frame = port_frame([
+        {"t": 0, "sysUpTime": 50_000.0, "ifHCOutOctets": 5e12, "ifOutDiscards": 2**32 - 10.0},
+        # the switch rebooted: discards restart near 0, which would also fit a wrap
+        {"t": 10, "sysUpTime": 300.0, "ifHCOutOctets": 1e6, "ifOutDiscards": 5.0},
+        {"t": 20, "sysUpTime": 1300.0, "ifHCOutOctets": 2e6, "ifOutDiscards": 15.0},
+    ])
+    out = rates(frame)
+    assert out["ifHCOutOctets"].isna().tolist() == [True, False]
+    assert out["ifOutDiscards"].isna().tolist() == [True, False]
+    assert out["ifOutDiscards"].iloc[1] == 1.0
+
+
+def test_sysuptime_wrapping_at_2_32_ticks_is_not_a_reboot():
+    frame = port_frame([
+        {"t": 0, "sysUpTime": 2**32 - 500.0, "ifHCOutOctets": 0.0},
+        {"t": 10, "sysUpTime": 500.0, "ifHCOutOctets": 100.0},
+    ])
+    assert rates(frame)["ifHCOutOctets"].tolist() == [10.0]
+
+
+def test_discontinuity_time_change_is_a_reset():
+    frame = port_frame([
+        {"t": 0, "ifCounterDiscontinuityTime": 0.0, "ifHCOutOctets": 500.0},
+        {"t": 10, "ifCounterDiscontinuityTime": 900.0, "ifHCOutOctets": 800.0},
+        {"t": 20, "ifCounterDiscontinuityTime": 900.0, "ifHCOutOctets": 1800.0},
+    ])
+    out = rates(frame)["ifHCOutOctets"].tolist()
+    assert np.isnan(out[0]) and out[1] == 100.0
+
+
+def test_counter64_going_down_is_a_new_baseline():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 9e9},
+        {"t": 10, "ifHCOutOctets": 1e3},
+        {"t": 20, "ifHCOutOctets": 2e3},
+    ])
+    out = rates(frame)["ifHCOutOctets"].tolist()
+    assert np.isnan(out[0]) and out[1] == 100.0
+
+
+def test_missed_poll_averages_and_long_gap_drops():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 0.0},
+        {"t": 10, "ifHCOutOctets": 100.0},
+        {"t": 30, "ifHCOutOctets": 500.0},  # one poll missed: 400 over 20 s
+        {"t": 40, "ifHCOutOctets": 600.0},
+        {"t": 400, "ifHCOutOctets": 9e6},  # collector down for six minutes
+        {"t": 410, "ifHCOutOctets": 9e6 + 100.0},
+    ])
+    out = rates(frame)["ifHCOutOctets"].tolist()
+    assert out[:3] == [10.0, 20.0, 10.0]
+    assert np.isnan(out[3]) and out[4] == 10.0
+
+
+def test_missing_field_in_one_sample_spans_to_the_previous_value():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 0.0, "ifOutDiscards": 0.0},
+        {"t": 10, "ifHCOutOctets": 100.0},
+        {"t": 20, "ifHCOutOctets": 200.0, "ifOutDiscards": 40.0},
+    ])
+    out = rates(frame)
+    assert np.isnan(out["ifOutDiscards"].iloc[0]) and out["ifOutDiscards"].iloc[1] == 2.0
+    assert out["ifHCOutOctets"].tolist() == [10.0, 10.0]
+
+
+def test_duplicate_and_split_samples_are_merged():
+    frame = port_frame([
+        {"t": 0, "ifHCOutOctets": 0.0, "ifOutDiscards": 0.0},
+        {"t": 10, "ifHCOutOctets": 100.0},
+        {"t": 10, "ifOutDiscards": 20.0},  # same series and time, other fields
+        {"t": 10, "ifHCOutOctets": 100.0},  # redelivered
+        {"t": 20, "ifHCOutOctets": 300.0, "ifOutDiscards": 20.0},
+    ])
+    out = rates(frame)
+    assert out["interval_s"].tolist() == [10.0, 10.0]
+    assert out["ifHCOutOctets"].tolist() == [10.0, 20.0]
+    assert out["ifOutDiscards"].tolist() == [2.0, 0.0]
+
+
+def test_series_are_independent_and_unsorted_input_is_fine():
+    a = port_frame([{"t": 0, "ifHCOutOctets": 0.0}, {"t": 10, "ifHCOutOctets": 100.0}], port="swp1")
+    b = port_frame([{"t": 0, "ifHCOutOctets": 1e6}, {"t": 10, "ifHCOutOctets": 0.5e6}], port="swp2")
+    out = rates(pd.concat([b, a]).iloc[::-1])
+    by_port = dict(zip(out["ifName"], out["ifHCOutOctets"]))
+    assert by_port["swp1"] == 10.0 and np.isnan(by_port["swp2"])
+
+
+def test_missing_tag_column_names_the_source():
+    frame = port_frame([{"t": 0, "ifHCOutOctets": 0.0}]).drop(columns="ifName")
+    with pytest.raises(RatesError, match="interface.*ifName"):
+        counter_rates(frame, series=["agent_host", "ifName"], counters=["ifHCOutOctets"], source="interface")
+
+
+def test_a_million_rows_in_seconds():
+    n_series, n_times = 2_000, 500
+    rng = np.random.default_rng(1)
+    increments = rng.integers(0, 10**9, size=(n_series, n_times)).astype(float)
+    frame = pd.DataFrame({
+        "time": np.tile(pd.date_range(T0, periods=n_times, freq="10s"), n_series),
+        "agent_host": np.repeat([f"leaf{i // 64:02d}" for i in range(n_series)], n_times),
+        "ifName": np.repeat([f"swp{i % 64}" for i in range(n_series)], n_times),
+        "ifHCOutOctets": increments.cumsum(axis=1).ravel(),
+        "ifOutDiscards": (increments.cumsum(axis=1).ravel() // 1000) % 2**32,
+        "ifHighSpeed": 400000.0,
+    })
+    started = time.perf_counter()
+    out = rates(frame)
+    elapsed = time.perf_counter() - started
+    assert len(out) == n_series * (n_times - 1)
+    out = out.sort_values(["agent_host", "ifName", "time"])
+    expected = frame.sort_values(["agent_host", "ifName", "time"]).groupby(["agent_host", "ifName"])["ifHCOutOctets"]
+    assert np.allclose(out["ifHCOutOctets"].to_numpy(), expected.diff().dropna().to_numpy() / 10)
+    assert (out["ifOutDiscards"] >= 0).all()
+    assert elapsed < 5.0, elapsed
