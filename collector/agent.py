@@ -13,7 +13,9 @@ It reads one YAML file (see ``collector/agent.sample.yaml``)::
       jobs: {slurm: true}
 
 builds the sources (``rdma``, ``ethtool``, ``gpu``, ``dcgm``, ``jobs``; each
-block holds ``enabled`` and the source's own options, ``false`` turns it off)
+block holds ``enabled`` and the source's own options, ``false`` turns it off; a
+source the file names is on, one it leaves out keeps its default: all but
+``dcgm`` are on)
 and polls them together on a schedule aligned to the interval, so that every
 host stamps the same instants and nothing drifts. A host without RDMA devices,
 GPUs or the NVML library says so once after the first poll and keeps polling
@@ -61,6 +63,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentConfigError",
+    "ForcedExit",
     "add_agent_arguments",
     "build_sources",
     "load_config",
@@ -122,7 +125,7 @@ def parse_config(data: Mapping[str, Any] | None, origin: str = "<config>") -> Ag
     if not isinstance(host, str) or not host.strip():
         raise AgentConfigError(f"{origin}: host must be a non-empty string, got {host!r}")
     interval = data.get("interval_s", DEFAULT_INTERVAL_S)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval) or interval <= 0:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (0 < interval < math.inf):
         raise AgentConfigError(f"{origin}: interval_s must be a positive number of seconds, got {interval!r}")
     output = data.get("output", "-")
     if not isinstance(output, str) or not output:
@@ -137,7 +140,8 @@ def parse_config(data: Mapping[str, Any] | None, origin: str = "<config>") -> Ag
     sources: dict[str, dict[str, Any]] = {}
     explicit: set[str] = set()
     for name, on_by_default in SOURCES_ON_BY_DEFAULT.items():
-        block = blocks.get(name)
+        # A source the file names is on unless it says otherwise; one it leaves out keeps its default.
+        block = blocks[name] if name in blocks else {"enabled": on_by_default}
         if isinstance(block, bool):
             block = {"enabled": block}
         elif block is None:
@@ -145,7 +149,7 @@ def parse_config(data: Mapping[str, Any] | None, origin: str = "<config>") -> Ag
         elif not isinstance(block, Mapping):
             raise AgentConfigError(f"{origin}: sources.{name} must be true, false or a mapping of options")
         options = dict(block)
-        enabled = options.pop("enabled", on_by_default)
+        enabled = options.pop("enabled", True)
         if not isinstance(enabled, bool):
             raise AgentConfigError(f"{origin}: sources.{name}.enabled must be true or false, got {enabled!r}")
         if enabled:
@@ -222,7 +226,9 @@ class Agent:
 
     def _report_start(self, batches: list[list[Point]]) -> None:
         names = [source.name for source in self.sources]
-        log.info("agent: %s polls %s every %g s", self.config.host, ", ".join(names) or "nothing", self.config.interval_s)
+        log.info(
+            "agent: %s polls %s every %g s", self.config.host, ", ".join(names) or "nothing", self.config.interval_s
+        )
         for batch in batches:
             health = batch[-1]
             if health.measurement != COLLECTOR_HEALTH or health.fields.get("up") != 1 or health.fields.get("points"):
@@ -351,7 +357,9 @@ async def run_agent(
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``strandwatch agent``."""
-    parser.add_argument("--config", type=Path, help="agent configuration (YAML); default: every source with its defaults")
+    parser.add_argument(
+        "--config", type=Path, help="agent configuration (YAML); default: every source with its defaults"
+    )
     parser.add_argument("--once", action="store_true", help="poll once, print the sample and exit")
     parser.add_argument("--output", help="'-' for stdout or a file to append line protocol to (default: the config's)")
     parser.add_argument("--host", help="host name to report (default: the config's, else this machine's)")

@@ -125,6 +125,9 @@ class InProcessBus:
         self.maxsize = maxsize
         self._subscriptions: set[Subscription] = set()
         self._closed = False
+        self._publishing = 0
+        self._no_publish_under_way = asyncio.Event()
+        self._no_publish_under_way.set()
 
     def subscribe(self) -> Subscription:
         """Register a subscriber now; it receives every batch published from here on."""
@@ -144,8 +147,15 @@ class InProcessBus:
             raise BusClosedError(f"publish of {len(batch)} points on a closed bus")
         if not self._subscriptions:
             raise NoSubscriberError(f"publish of {len(batch)} points with no subscriber")
-        for subscription in list(self._subscriptions):
-            await subscription._put(batch)
+        self._publishing += 1
+        self._no_publish_under_way.clear()
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription._put(batch)
+        finally:
+            self._publishing -= 1
+            if not self._publishing:
+                self._no_publish_under_way.set()
 
     async def join(self) -> None:
         """Wait until every subscriber acknowledged every batch published so far."""
@@ -155,11 +165,15 @@ class InProcessBus:
     async def close(self) -> None:
         """Stop publishing; subscriptions end after delivering what was already published.
 
-        Returns once every subscription has its end queued (waiting for room,
-        like publish); it does not wait for the acknowledgements (see join).
+        Returns once publishes under way are done and every subscription has
+        its end queued (waiting for room, like publish); it does not wait for
+        the acknowledgements (see join).
         """
         if self._closed:
             return
         self._closed = True
+        # A waiting publisher is not first in line when room frees up; the end
+        # marker must not overtake its batch.
+        await self._no_publish_under_way.wait()
         for subscription in list(self._subscriptions):
             await subscription._put(_END)

@@ -45,9 +45,10 @@ def frame_from_samples(
     field ``field_names[fields[i]]`` = ``values[i]`` at ``times_ns[i]``. When a
     series, time and field occur more than once, the last sample wins.
     """
-    tag_columns = _tag_columns(measurement, series_tags)
     count = len(values)
     series = np.asarray(series, dtype=np.int64)
+    # Tags of series without samples here would be columns no row uses.
+    tag_columns = _tag_columns(measurement, [series_tags[index] for index in np.unique(series)])
     times_ns = np.asarray(times_ns, dtype=np.int64)
     fields = np.asarray(fields, dtype=np.int64)
     value_array = np.empty(count, dtype=object)

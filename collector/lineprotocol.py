@@ -1,8 +1,7 @@
 """InfluxDB line protocol: points to text and back, the way Telegraf writes it.
 
-Line protocol is what every Telegraf pipeline, InfluxDB and the MQTT transport
-speak, so the collector reads existing Telegraf output and writes text any of
-them accept::
+Line protocol is what Telegraf pipelines and InfluxDB speak, so the collector
+reads existing Telegraf output and writes text either accepts::
 
     measurement,tag=value,tag2=value2 field=1.5,count=3i,up=true,text="a \\"b\\"" 1700000000000000000
 
@@ -13,9 +12,11 @@ before any other character is literal. Integers carry ``i`` (``u`` for
 unsigned), booleans are ``t``/``true``/``True``/``TRUE`` (``f`` likewise),
 anything else unquoted is a float. Timestamps are nanoseconds.
 
-Parsing takes a fast path built on ``str.split`` for lines without quotes or
-backslashes (most Telegraf output) and a regex scanner for the rest, which also
-produces the error messages: both accept exactly the same lines.
+Parsing tries two fast paths first: ``str.split`` for lines without quotes or
+backslashes (most Telegraf output) and one regex match for other one-line
+entries. Whatever they are unsure of goes to a scanner, which also reads string
+fields that span lines and words the error messages. All three accept exactly
+the same lines (the tests check this on generated input).
 """
 
 from __future__ import annotations
@@ -158,11 +159,11 @@ def encode(points: Iterable[Point]) -> str:
 # --- parsing ----------------------------------------------------------------
 
 class _NotSimple(Exception):
-    """Raised by the fast path for any line it does not handle; the scanner decides."""
+    """Raised by a fast path for any line it does not handle; the scanner decides."""
 
 
 def _decimal(text: str) -> bool:
-    """``-?[0-9]+`` without a regex: what int() accepts beyond that is filtered here."""
+    """Whether ``text`` is ``-?[0-9]+``; int() alone also takes "+1", "1_0", spaces and other digits."""
     if text[:1] == "-":
         text = text[1:]
     return text.isascii() and text.isdigit()

@@ -5,13 +5,15 @@ traffic meets congestion its GPUs wait, and their busy signal (``sm_active``,
 else ``utilization_gpu``) falls below the job's healthy level. Per job and
 interval of length ``dt``::
 
+    busy = median over the job's hosts of their GPUs' mean busy signal
     r    = busy / baseline                  the job's progress rate, healthy = 1
     loss = n_gpus * dt * clip(1 - r, 0, 1)   GPU-seconds
 
-``baseline`` is the job's busy level while it runs normally on a clean path:
-the median of its intervals whose path is clean, whose own hosts send no pauses
-and whose GPUs are not idle. Only allocated GPUs are looked at; a GPU in no job
-never counts.
+The median over hosts follows the hosts that wait: a straggler's extra busy
+time is not progress. ``baseline`` is the job's busy level while it runs
+normally: the median of its intervals whose path is clean, whose own hosts send
+no pauses and whose GPUs are not idle. ``n_gpus`` counts the job's allocated
+GPUs, also those whose sample is missing; a GPU in no job never counts.
 
 Where the GPUs report both SM activity and NVML's utilization, the loss splits
 in two. Utilization is the share of time *any* kernel ran, NCCL's spinning
@@ -26,16 +28,17 @@ is fitted per job (:func:`idle_loss_model`, see below), then::
 
 The waiting share is **network** loss when a link on the job's path
 (``Topology.path_links``) is congested, the job still talks (it is not hung),
-and the job's own hosts are not the ones back-pressuring the fabric (a host
-sending PFC pauses is a slow receiver; unless a path link shows local trouble of
-its own, its pauses and the drops and marks on its own port are its doing).
-Without utilization, idle GPUs that write (checkpoint) or fall silent count as
+and no host of the job is to blame. A host is to blame when it sends PFC pauses
+(a slow receiver back-pressuring the fabric) or straggles (its GPUs busy,
+against its own healthy level, while its peers wait), unless the path shows
+local trouble away from that host's own links: the drops and marks on the leaf
+port facing a receiver that cannot keep up are the receiver's doing. Without
+utilization, idle GPUs that write (checkpoint) or fall silent count as
 host-side, everything else as waiting.
 
 The loss that is not network gets one of these causes:
 
-- ``slow_host``: a host of the job sends pauses, or one host's GPUs stay busy
-  while its peers wait for it;
+- ``slow_host``: a host of the job is to blame (it pauses or straggles);
 - ``hung``: GPUs idle and no traffic for ``hung_intervals`` intervals or more;
 - ``checkpoint``: host-side idle while the job's hosts write (they send far more
   than they receive, or send at all while the GPUs have no kernel to run);
@@ -80,8 +83,10 @@ class AttributionSettings:
     """Path (and pause) score from which a job's path counts as congested (its hosts as pausing)."""
     clean: float = 0.5
     """Path and pause scores below which an interval may define the healthy baseline."""
-    min_loss_fraction: float = 0.03
-    """Loss below this share of the job's GPU time in an interval is noise (per cause)."""
+    min_loss_fraction: float = 0.005
+    """Loss below this share of the job's GPU time in an interval is noise (per cause) ..."""
+    noise_sigmas: float = 4.0
+    """... and so is loss below this many standard deviations of the job's own progress noise."""
     idle_fraction: float = 0.15
     """Busy below this share of baseline: the GPUs are idle, not slowed."""
     no_kernel_share: float = 0.7
@@ -95,7 +100,8 @@ class AttributionSettings:
     writing_bytes_per_host: float = 1e8
     """Outbound bytes/s per host that count as writing while the GPUs have nothing to run."""
     straggler_gap: float = 0.15
-    """One host this much (share of baseline) busier than the job's median host: the rest wait for it."""
+    """A host this much busier (against its own healthy level) than the job's other hosts, while they wait,
+    is a straggler."""
     min_baseline_intervals: int = 3
     min_fit_intervals: int = 8
     """Clean-path intervals needed to fit the idle-to-loss map, with some idle time among them."""
@@ -159,7 +165,7 @@ def attribute(
 
 
 INTERVAL_COLUMNS = [
-    "time", "job", "dt", "n_gpus", "busy", "kernel", "baseline", "loss_fraction", "idle_fraction",
+    "time", "job", "dt", "n_gpus", "busy", "kernel", "baseline", "noise", "loss_fraction", "idle_fraction",
     "network_fraction", "other_fraction", "other_cause", "path_score", "local_score", "fabric_score", "links",
     "pause_host", "pause_score", "straggler", "suspect_host", "tx_bytes", "rx_bytes", "power_w", "model",
 ]
@@ -228,6 +234,7 @@ def _attribute_job(
     frame["straggler"] = stragglers.set_index("time")["host"].reindex(frame.index)
     frame["suspect_host"] = frame["pause_host"].where(frame["pause_score"] >= settings.congested, frame["straggler"])
 
+    frame["noise"] = _noise(frame["busy"], baseline, settings)
     model = idle_loss_model(frame, clean, settings)
     _split(frame, model, len(hosts), settings)
     frame.index.name = "time"
@@ -298,7 +305,7 @@ def _stragglers(host_busy: pd.DataFrame, clean: pd.Series, settings: Attribution
     others = ratio.copy()
     others[rows, top] = np.nan
     rest = np.nanmedian(others, axis=1)
-    waiting = (best - rest >= settings.straggler_gap) & (rest <= 1.0 - settings.min_loss_fraction)
+    waiting = (best - rest >= settings.straggler_gap) & (rest <= 1.0 - settings.straggler_gap / 2)
     return pd.DataFrame({"time": times[waiting], "host": host_busy.columns.to_numpy()[top[waiting]]})
 
 
@@ -321,6 +328,21 @@ def _baseline(values: pd.Series, clean: pd.Series, settings: AttributionSettings
     if usable.sum() >= settings.min_baseline_intervals:
         return float(values[usable].median())
     return float(high)
+
+
+def _noise(busy: pd.Series, baseline: float, settings: AttributionSettings) -> float:
+    """The smallest loss share that is not noise for this job.
+
+    A few standard deviations of its progress rate from one interval to the
+    next, estimated from the median absolute difference of successive
+    intervals: robust to the level shifts that events cause, which only show at
+    their edges.
+    """
+    rate = (busy / baseline).dropna().to_numpy(dtype=float) if baseline > 0 else np.array([])
+    if len(rate) < settings.min_baseline_intervals:
+        return settings.min_loss_fraction * 6
+    spread = 1.4826 * float(np.median(np.abs(np.diff(rate)))) / np.sqrt(2)
+    return max(settings.min_loss_fraction, settings.noise_sigmas * spread)
 
 
 def idle_loss_model(frame: pd.DataFrame, clean: pd.Series, settings: AttributionSettings) -> IdleLossModel:
@@ -347,14 +369,16 @@ def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: At
     tx = np.nan_to_num(frame["tx_bytes"].to_numpy(dtype=float)) if "tx_bytes" in frame else np.zeros(n)
     rx = np.nan_to_num(frame["rx_bytes"].to_numpy(dtype=float)) if "rx_bytes" in frame else np.zeros(n)
 
-    lossy = loss >= settings.min_loss_fraction
+    noise = float(frame["noise"].iloc[0]) if n else settings.min_loss_fraction
+    lossy = loss >= noise
     idle = busy < settings.idle_fraction * baseline
     traffic = tx + rx
     healthy_traffic = np.median(traffic[~lossy]) if (~lossy).any() else np.nan
     quiet = traffic < settings.quiet_traffic_fraction * healthy_traffic if healthy_traffic > 0 \
         else np.ones(n, dtype=bool)
     no_kernel = np.nan_to_num(idle_share) >= settings.no_kernel_share
-    writing = ((tx > settings.checkpoint_asymmetry * rx) | no_kernel) & (tx >= settings.writing_bytes_per_host * n_hosts)
+    sending = tx >= settings.writing_bytes_per_host * n_hosts
+    writing = ((tx > settings.checkpoint_asymmetry * rx) | no_kernel) & sending
 
     kernel_known = np.isfinite(idle_share)
     host_side = np.where(kernel_known, np.clip(model.host_side(np.nan_to_num(idle_share)), 0.0, loss),
@@ -370,8 +394,9 @@ def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: At
     host_to_blame = frame["suspect_host"].notna().to_numpy() \
         & (frame["fabric_score"].to_numpy(dtype=float) < settings.congested)
     congested = frame["path_score"].to_numpy(dtype=float) >= settings.congested
-    network = np.where(congested & ~host_to_blame & ~quiet & ~long_silence, waiting, 0.0)
-    network = np.where(network >= settings.min_loss_fraction, network, 0.0)
+    # GPUs with (almost) no kernel to run were not waiting in a collective: whatever the path, not network.
+    network = np.where(congested & ~host_to_blame & ~quiet & ~long_silence & ~no_kernel, waiting, 0.0)
+    network = np.where(network >= noise, network, 0.0)
     other = loss - network
 
     host_side_dominant = host_side >= waiting
@@ -380,7 +405,7 @@ def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: At
     cause[host_side_dominant & writing] = CHECKPOINT
     cause[long_silence] = HUNG
     cause[frame["suspect_host"].notna().to_numpy() & ~host_side_dominant & ~long_silence] = SLOW_HOST
-    cause[other < settings.min_loss_fraction] = ""
+    cause[other < noise] = ""
     frame["network_fraction"] = network
     frame["other_fraction"] = np.where(cause != "", other, 0.0)
     frame["other_cause"] = cause

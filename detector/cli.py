@@ -25,6 +25,7 @@ Start here:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from collector import agent
     from detector import demo, offline
 
     parser = argparse.ArgumentParser(
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_detect_arguments(detect_parser)
     detect_parser.set_defaults(handler=offline.run_detect)
+
+    agent_parser = commands.add_parser(
+        "agent", help="the node agent: RDMA, ethtool, GPU and job sources of this host",
+        description=agent.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    agent.add_agent_arguments(agent_parser)
+    agent_parser.set_defaults(handler=agent.run_agent_command)
     return parser
 
 

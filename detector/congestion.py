@@ -58,14 +58,23 @@ class Signal:
     unit: str
     floor: float
     relative: float = 1.0
+    fleet_normal: bool = True
+    """Whether the fleet's median may lower a link's normal (not for a port that is down all along: unused)."""
 
 
 SIGNALS: dict[str, Signal] = {s.name: s for s in (
     Signal("discards", LOCAL, "ifInDiscards + ifOutDiscards", "packets/s", floor=1.0),
     Signal("port_errors", LOCAL, "ifInErrors + ifOutErrors", "packets/s", floor=1.0),
-    Signal("link_down", LOCAL, "ifOperStatus != up", "", floor=1.0),
+    Signal("link_down", LOCAL, "ifOperStatus != up", "", floor=1.0, fleet_normal=False),
+    Signal("queue_drops", LOCAL, "vendor queue and buffer drops (CUMULUS-COUNTERS, MELLANOX-QOS, JUNIPER-COS, "
+           "ARISTA-QUEUE)", "packets/s", floor=1.0),
+    Signal("switch_pauses_sent", LOCAL, "PFC/PAUSE frames the switch sends out of the port", "frames/s",
+           floor=100.0),
+    Signal("switch_pauses_received", LOCAL, "PFC/PAUSE frames the switch receives from a peer switch", "frames/s",
+           floor=100.0),
+    Signal("port_tx_wait", LOCAL, "mellanoxQoSPortTxWaitMicroseconds", "share of time", floor=0.01),
     Signal("cable_errors", LOCAL, " + ".join(NIC_ERRORS), "events/s", floor=1.0),
-    Signal("xmit_wait", PATH, "port_xmit_wait", "ticks/s", floor=1e5, relative=1.0),
+    Signal("xmit_wait", PATH, "port_xmit_wait", "ticks/s", floor=1e5),
     Signal("ecn_marked", PATH, "np_ecn_marked_roce_packets", "packets/s", floor=1e3),
     Signal("cnp", PATH, "np_cnp_sent + rp_cnp_handled", "packets/s", floor=1e3),
     Signal("retransmissions", PATH, " + ".join(NIC_RECOVERY), "events/s", floor=1.0),
@@ -74,14 +83,19 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in (
 )}
 """Default signals; floors are rates per second at which an excess alone counts as congestion."""
 
-UTILIZATION = Signal("utilization", LOCAL, "max(ifHCInOctets, ifHCOutOctets) * 8 / ifHighSpeed", "share of line rate",
-                     floor=0.0)
+UTILIZATION = Signal("utilization", LOCAL, "max(ifHCInOctets, ifHCOutOctets) * 8 / ifHighSpeed",
+                     "share of line rate", floor=0.0)
+"""Scored on its own ramp (below), not against a normal."""
 UTILIZATION_START = 0.60
 UTILIZATION_FULL = 0.95
 UTILIZATION_CAP = 0.9
 
-PAUSES_SENT = Signal("pauses_sent", "host", "tx_prio*_pause", "frames/s", floor=100.0)
-PAUSED_SENT_TIME = Signal("pause_time_sent", "host", "tx_prio*_pause_duration", "share of time", floor=0.01)
+HOST_SIGNALS: dict[str, Signal] = {s.name: s for s in (
+    Signal("pauses_sent", "host", "tx_prio*_pause (or the pauses its leaf port receives)", "frames/s",
+           floor=100.0),
+    Signal("pause_time_sent", "host", "tx_prio*_pause_duration", "share of time", floor=0.01),
+)}
+"""Pauses a host sends: scored per host, evidence of a slow receiver."""
 
 NORMAL_QUANTILE = 0.25
 
@@ -109,6 +123,8 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     ports = _switch_ports(telemetry.ports, topology)
     nics = _nic_links(telemetry.nics, topology, unmapped)
     pauses = _pause_links(telemetry.pauses, telemetry.nics, topology, unmapped)
+    host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
+    facing_host = ports["link"].map(host_of_link) if not ports.empty else pd.Series(dtype=object)
 
     long_parts = [
         _long(ports, {
@@ -116,6 +132,11 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
             "port_errors": _sum(ports, ["errors_in", "errors_out"]),
             "link_down": None if ports.empty else
             (ports["oper_status"].notna() & (ports["oper_status"] != 1)).astype(float),
+            "queue_drops": _sum(ports, ["queue_drops"]),
+            "switch_pauses_sent": _sum(ports, ["pauses_out"]),
+            # Pauses a host sends into its leaf port are the host's (see host_pause), a peer switch's the link's.
+            "switch_pauses_received": None if ports.empty else ports["pauses_in"].where(facing_host.isna()),
+            "port_tx_wait": _sum(ports, ["tx_wait"]),
         }),
         _long(nics, {
             "cable_errors": _sum(nics, NIC_ERRORS),
@@ -132,13 +153,14 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     evidence = pd.concat([part for part in long_parts if not part.empty] or [_empty_long()], ignore_index=True)
     evidence = evidence[evidence["signal"].isin(list(signals))]
     evidence = evidence.groupby(["time", "link", "signal"], as_index=False, sort=False)["value"].sum()
-    evidence = _score(evidence, "link", {name: (s.floor, s.relative) for name, s in signals.items()})
+    evidence = _score(evidence, "link", signals)
     evidence["kind"] = evidence["signal"].map({name: s.kind for name, s in signals.items()})
     utilization = _utilization(ports)
     evidence = pd.concat([evidence, utilization], ignore_index=True) if not utilization.empty else evidence
 
     scores = _link_scores(evidence)
-    host_pause = _host_pause(pauses)
+    host_pause = _host_pause(pauses, ports.assign(host=facing_host).dropna(subset=["host"]) if not ports.empty
+                             else ports)
     traffic = _host_traffic(telemetry, ports, topology)
     return Congestion(scores, evidence.reset_index(drop=True), host_pause, traffic, unmapped)
 
@@ -175,21 +197,28 @@ def _netdev_nics(topology: Topology, nics: pd.DataFrame) -> dict[tuple[str, str]
     found = {(nic.host, nic.netdev): nic.device for host in topology.hosts.values()
              for nic in host.nics.values() if nic.netdev}
     if not nics.empty:
-        for host, device, netdev in nics[["host", "device", "netdev"]].dropna().drop_duplicates().itertuples(index=False):
+        known = nics[["host", "device", "netdev"]].dropna().drop_duplicates()
+        for host, device, netdev in known.itertuples(index=False):
             found.setdefault((host, netdev), device)
     return found
 
 
-def _pause_links(pauses: pd.DataFrame, nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[str]]) -> pd.DataFrame:
+def _pause_links(
+    pauses: pd.DataFrame, nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[str]],
+) -> pd.DataFrame:
     if pauses.empty:
         return pauses.assign(link=pd.Series(dtype=str), device=pd.Series(dtype=str))
     by_netdev = _netdev_nics(topology, nics)
     links = topology.nic_links()
-    single = {host.name: next(iter(host.nics)) for host in topology.hosts.values() if len(host.nics) == 1}
+    # A host with one NIC whose netdev nobody named: its one RDMA netdev is the one ethtool reports.
+    named_hosts = {host for host, _ in by_netdev}
+    single = {host.name: next(iter(host.nics)) for host in topology.hosts.values()
+              if len(host.nics) == 1 and host.name not in named_hosts}
     devices = [by_netdev.get((host, netdev)) or single.get(host)
                for host, netdev in zip(pauses["host"], pauses["netdev"])]
     mapped = [links.get((host, device)) if device else None for host, device in zip(pauses["host"], devices)]
-    missing = {f"{host}/{netdev}" for host, netdev, link in zip(pauses["host"], pauses["netdev"], mapped) if link is None}
+    missing = {f"{host}/{netdev}" for host, netdev, link in zip(pauses["host"], pauses["netdev"], mapped)
+               if link is None}
     if missing:
         unmapped["ethtool"] = missing
     return pauses.assign(device=devices, link=mapped).dropna(subset=["link"])
@@ -208,7 +237,8 @@ def _long(frame: pd.DataFrame, values: dict[str, pd.Series | None]) -> pd.DataFr
     for name, series in values.items():
         if series is None:
             continue
-        part = pd.DataFrame({"time": frame["time"], "link": frame["link"], "signal": name, "value": series.astype(float)})
+        part = pd.DataFrame({"time": frame["time"], "link": frame["link"], "signal": name,
+                             "value": series.astype(float)})
         parts.append(part.dropna(subset=["value"]))
     return pd.concat(parts, ignore_index=True) if parts else _empty_long()
 
@@ -218,17 +248,18 @@ def _empty_long() -> pd.DataFrame:
                          "signal": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
 
 
-def _score(frame: pd.DataFrame, key: str, scales: dict[str, tuple[float, float]]) -> pd.DataFrame:
+def _score(frame: pd.DataFrame, key: str, signals: dict[str, Signal]) -> pd.DataFrame:
     """Add normal and score columns to a long frame of (time, key, signal, value)."""
     if frame.empty:
         return frame.assign(normal=pd.Series(dtype=float), score=pd.Series(dtype=float))
-    own = frame.groupby([key, "signal"])["value"].quantile(NORMAL_QUANTILE).rename("own")
-    fleet = frame.groupby("signal")["value"].median().rename("fleet")
-    normal = own.reset_index().merge(fleet.reset_index(), on="signal")
-    normal["normal"] = np.minimum(normal["own"], normal["fleet"]).clip(lower=0)
+    own = frame.groupby([key, "signal"])["value"].quantile(NORMAL_QUANTILE).rename("own").reset_index()
+    fleet = frame.groupby("signal")["value"].median().rename("fleet").reset_index()
+    normal = own.merge(fleet, on="signal")
+    uses_fleet = normal["signal"].map({name: s.fleet_normal for name, s in signals.items()}).astype(bool)
+    normal["normal"] = normal["own"].where(~uses_fleet, np.minimum(normal["own"], normal["fleet"])).clip(lower=0)
     frame = frame.merge(normal[[key, "signal", "normal"]], on=[key, "signal"], how="left")
-    floor = frame["signal"].map({name: scale[0] for name, scale in scales.items()}).to_numpy(dtype=float)
-    relative = frame["signal"].map({name: scale[1] for name, scale in scales.items()}).to_numpy(dtype=float)
+    floor = frame["signal"].map({name: s.floor for name, s in signals.items()}).to_numpy(dtype=float)
+    relative = frame["signal"].map({name: s.relative for name, s in signals.items()}).to_numpy(dtype=float)
     scale = np.maximum(floor, relative * frame["normal"].to_numpy())
     frame["score"] = np.clip((frame["value"].to_numpy() - frame["normal"].to_numpy()) / scale, 0, None)
     return frame
@@ -257,24 +288,35 @@ def _link_scores(evidence: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     ordered = evidence.sort_values("score", ascending=False, kind="stable")
     top = ordered.drop_duplicates(["time", "link"])[["time", "link", "score", "signal"]]
-    by_kind = evidence.pivot_table(index=["time", "link"], columns="kind", values="score", aggfunc="max", fill_value=0.0)
+    by_kind = evidence.pivot_table(index=["time", "link"], columns="kind", values="score", aggfunc="max",
+                                   fill_value=0.0)
     by_kind = by_kind.reindex(columns=[LOCAL, PATH], fill_value=0.0)
     by_kind.columns = ["local_score", "path_score"]
     scores = top.merge(by_kind.reset_index(), on=["time", "link"]).rename(columns={"signal": "top_signal"})
     return scores[columns].sort_values(["time", "link"]).reset_index(drop=True)
 
 
-def _host_pause(pauses: pd.DataFrame) -> pd.DataFrame:
-    if pauses.empty:
+def _host_pause(pauses: pd.DataFrame, host_ports: pd.DataFrame) -> pd.DataFrame:
+    """Pauses each host sends: from its NICs' ethtool counters, and as its leaf ports receive them.
+
+    Both ends count the same frames, so per host the larger of the two views is kept.
+    """
+    views = []
+    if not pauses.empty:
+        views.append(pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": "pauses_sent",
+                                   "value": pauses["pause_tx"]}))
+        views.append(pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": "pause_time_sent",
+                                   "value": pauses["pause_tx_us"] / 1e6}))
+    if not host_ports.empty:
+        views.append(pd.DataFrame({"time": host_ports["time"], "host": host_ports["host"], "signal": "pauses_sent",
+                                   "value": host_ports["pauses_in"], "view": "switch"}))
+    if not views:
         return pd.DataFrame(columns=["time", "host", "signal", "value", "normal", "score"])
-    long = pd.concat([
-        pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": PAUSES_SENT.name,
-                      "value": pauses["pause_tx"]}),
-        pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": PAUSED_SENT_TIME.name,
-                      "value": pauses["pause_tx_us"] / 1e6}),
-    ], ignore_index=True).dropna(subset=["value"])
-    long = long.groupby(["time", "host", "signal"], as_index=False)["value"].sum()
-    return _score(long, "host", {s.name: (s.floor, s.relative) for s in (PAUSES_SENT, PAUSED_SENT_TIME)})
+    long = pd.concat(views, ignore_index=True).dropna(subset=["value"])
+    long["view"] = long["view"].fillna("nic") if "view" in long.columns else "nic"
+    long = long.groupby(["time", "host", "signal", "view"], as_index=False)["value"].sum()
+    long = long.groupby(["time", "host", "signal"], as_index=False)["value"].max()
+    return _score(long, "host", HOST_SIGNALS)
 
 
 def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, topology: Topology) -> pd.DataFrame:

@@ -12,7 +12,6 @@ store read over a window.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -25,8 +24,6 @@ from detector.jobs import Allocation, format_time
 from detector.pricing import Prices
 from detector.telemetry import load_telemetry
 from detector.topology import Topology
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +53,7 @@ class DetectionResult:
     end: pd.Timestamp | None
     idle_models: dict[str, IdleLossModel]
     prices: Prices
+    switch_of_link: dict[str, str]
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -83,16 +81,19 @@ class DetectionResult:
                 }
         return result
 
-    def network_breakdown(self, topology: Topology) -> dict[str, dict[str, dict[str, float]]]:
-        """Network loss per job, per link (the first blamed in each interval), per switch and per UTC day."""
+    def network_breakdown(self, topology: Topology | None = None) -> dict[str, dict[str, dict[str, float]]]:
+        """Network loss per job, per link (the first blamed in each interval), per switch and per UTC day.
+
+        Links map to switches by the topology ``detect`` was given, or by ``topology``.
+        """
+        switch_of_link = self.switch_of_link if topology is None else topology.switch_of_link()
         rows = self.losses[(self.losses["episode"] >= 0) & (self.losses["cause"] == NETWORK)].copy()
         if rows.empty:
             return {"job": {}, "link": {}, "switch": {}, "day": {}}
         rows["dollars"] = [self.prices.dollars(lost, model, energy) for lost, model, energy
                            in zip(rows["gpu_seconds_lost"], rows["model"], rows["energy_joules"])]
         rows["link"] = [links[0] if links else "(unplaced)" for links in rows["links"]]
-        switch_of = topology.switch_of_link()
-        rows["switch"] = rows["link"].map(switch_of).fillna("(unplaced)")
+        rows["switch"] = rows["link"].map(switch_of_link).fillna("(unplaced)")
         rows["day"] = rows["time"].dt.strftime("%Y-%m-%d")
         result = {}
         for key in ("job", "link", "switch", "day"):
@@ -104,12 +105,12 @@ class DetectionResult:
             }
         return result
 
-    def to_dict(self, topology: Topology) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The offline contract's JSON object (plus context keys)."""
         return {
             "episodes": [episode.to_dict() for episode in self.episodes],
             "totals": self.totals(),
-            "network_by": self.network_breakdown(topology),
+            "network_by": self.network_breakdown(),
             "by_cause": self.by_cause(),
             "window": {
                 "start": None if self.start is None else format_time(self.start.to_pydatetime()),
@@ -133,25 +134,22 @@ def detect(
     telemetry = load_telemetry(frames, settings.step_s)
     congestion = link_congestion(telemetry, topology, dict(settings.signals))
     attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
-    counters = {name: signal.counters for name, signal in settings.signals.items()}
-    counters[UTILIZATION.name] = UTILIZATION.counters
     losses = loss_rows(attribution.intervals)
     episodes, positions = build_episodes(
-        losses, congestion.signals, congestion.host_pause, telemetry.step_s, prices, settings.episodes, counters,
+        losses, congestion.signals, congestion.host_pause, telemetry.step_s, prices, settings.episodes,
+        {**settings.signals, UTILIZATION.name: UTILIZATION},
     )
     losses["episode"] = positions
-    warnings = _warnings(telemetry, congestion, allocations, attribution.intervals)
-    for warning in warnings:
-        log.warning("%s", warning)
+    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
     return DetectionResult(
         episodes=episodes, intervals=attribution.intervals, losses=losses, congestion=congestion.scores,
         evidence=congestion.signals, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
-        idle_models=attribution.idle_models,
-        prices=prices, warnings=warnings,
+        idle_models=attribution.idle_models, prices=prices, switch_of_link=topology.switch_of_link(),
+        warnings=warnings,
     )
 
 
-def _warnings(telemetry, congestion, allocations, intervals) -> list[str]:
+def _warnings(telemetry, congestion, topology, allocations, intervals) -> list[str]:
     warnings = []
     if telemetry.gpus.empty:
         warnings.append("no nvidia_smi data: no GPU time can be measured, so no loss is reported")
@@ -160,6 +158,10 @@ def _warnings(telemetry, congestion, allocations, intervals) -> list[str]:
     for measurement, series in sorted(congestion.unmapped.items()):
         shown = ", ".join(sorted(series)[:5]) + (" ..." if len(series) > 5 else "")
         warnings.append(f"{measurement}: {len(series)} series not in the topology, ignored: {shown}")
+    outside = sorted({allocation.host for allocation in allocations} - set(topology.hosts))
+    if outside:
+        shown = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
+        warnings.append(f"{len(outside)} job host(s) not in the topology, their links unknown: {shown}")
     jobs = {allocation.job for allocation in allocations}
     seen = set(intervals["job"]) if not intervals.empty else set()
     missing = sorted(jobs - seen)

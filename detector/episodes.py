@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from detector.attribution import NETWORK, SLOW_HOST, UNKNOWN
+from detector.congestion import HOST_SIGNALS, SIGNALS, Signal
 from detector.jobs import format_time
 from detector.pricing import Prices
 
@@ -37,6 +38,7 @@ class Evidence:
 
     signal: str
     counters: str
+    unit: str
     value: float
     normal: float
     score: float
@@ -44,7 +46,7 @@ class Evidence:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "signal": self.signal, "counters": self.counters, "value": _round(self.value),
+            "signal": self.signal, "counters": self.counters, "unit": self.unit, "value": _round(self.value),
             "normal": _round(self.normal), "score": round(self.score, 2),
             "times_normal": None if not self.normal > 0 else round(self.value / self.normal, 1),
             "links": list(self.links),
@@ -120,7 +122,7 @@ def episode_ids(losses: pd.DataFrame, step_s: float, settings: EpisodeSettings) 
 
 def build_episodes(
     losses: pd.DataFrame, evidence: pd.DataFrame, host_pause: pd.DataFrame, step_s: float, prices: Prices,
-    settings: EpisodeSettings = EpisodeSettings(), signal_counters: dict[str, str] | None = None,
+    settings: EpisodeSettings = EpisodeSettings(), signals: Mapping[str, Signal] | None = None,
 ) -> tuple[list[Episode], pd.Series]:
     """Episodes, biggest dollar loss first, and for each loss row the index of its episode in that list (-1: none)."""
     ids = episode_ids(losses, step_s, settings)
@@ -131,7 +133,7 @@ def build_episodes(
         if lost < settings.min_gpu_seconds:
             continue
         episodes.append((int(number), _episode(rows, lost, evidence, host_pause, step, prices, settings,
-                                               signal_counters or {})))
+                                               {**SIGNALS, **(signals or {})})))
     episodes.sort(key=lambda item: (-item[1].dollars_lost, item[1].start, item[1].job))
     position = {number: index for index, (number, _) in enumerate(episodes)}
     return [episode for _, episode in episodes], ids.map(lambda number: position.get(number, -1))
@@ -139,7 +141,7 @@ def build_episodes(
 
 def _episode(
     rows: pd.DataFrame, lost: float, evidence: pd.DataFrame, host_pause: pd.DataFrame, step: pd.Timedelta,
-    prices: Prices, settings: EpisodeSettings, signal_counters: dict[str, str],
+    prices: Prices, settings: EpisodeSettings, signals: Mapping[str, Signal],
 ) -> Episode:
     job, cause = str(rows["job"].iloc[0]), str(rows["cause"].iloc[0])
     model = str(rows["model"].iloc[0])
@@ -151,7 +153,7 @@ def _episode(
     notes: dict[str, Any] = {}
     if cause == NETWORK:
         links = _ranked_links(rows)
-        items = _link_evidence(evidence, rows["time"], links, settings.evidence_signals, signal_counters)
+        items = _link_evidence(evidence, rows["time"], links, settings.evidence_signals, signals)
     if cause == SLOW_HOST:
         hosts = tuple(sorted(rows["suspect_host"].dropna().astype(str).unique()))
         items = _host_evidence(host_pause, rows["time"], hosts, settings.evidence_signals)
@@ -179,7 +181,7 @@ def _ranked_links(rows: pd.DataFrame) -> tuple[str, ...]:
 
 
 def _link_evidence(
-    evidence: pd.DataFrame, times: pd.Series, links: tuple[str, ...], limit: int, signal_counters: dict[str, str],
+    evidence: pd.DataFrame, times: pd.Series, links: tuple[str, ...], limit: int, signals: Mapping[str, Signal],
 ) -> tuple[Evidence, ...]:
     if not links or evidence.empty:
         return ()
@@ -190,20 +192,25 @@ def _link_evidence(
     for signal, rows in seen.groupby("signal"):
         peak = rows.loc[rows["value"].idxmax()]
         ranked = rows.groupby("link")["score"].max().sort_values(ascending=False)
-        items.append(Evidence(str(signal), signal_counters.get(str(signal), str(signal)), float(peak["value"]),
-                              float(peak["normal"]), float(rows["score"].max()), tuple(ranked.index[:8])))
+        kind = signals.get(str(signal))
+        items.append(Evidence(str(signal), kind.counters if kind else str(signal), kind.unit if kind else "",
+                              float(peak["value"]), float(peak["normal"]), float(rows["score"].max()),
+                              tuple(ranked.index[:8])))
     # What the first blamed link itself shows explains the blame best: it goes first.
     items.sort(key=lambda item: (links[0] not in item.links, -item.score))
     return tuple(items[:limit])
 
 
-def _host_evidence(host_pause: pd.DataFrame, times: pd.Series, hosts: tuple[str, ...], limit: int) -> tuple[Evidence, ...]:
+def _host_evidence(
+    host_pause: pd.DataFrame, times: pd.Series, hosts: tuple[str, ...], limit: int,
+) -> tuple[Evidence, ...]:
     seen = host_pause[host_pause["time"].isin(times) & host_pause["host"].isin(hosts) & (host_pause["score"] > 0)]
     items = []
     for signal, rows in seen.groupby("signal"):
         peak = rows.loc[rows["value"].idxmax()]
-        items.append(Evidence(str(signal), "tx_prio*_pause" if signal == "pauses_sent" else "tx_prio*_pause_duration",
-                              float(peak["value"]), float(peak["normal"]), float(rows["score"].max()), ()))
+        kind = HOST_SIGNALS[str(signal)]
+        items.append(Evidence(str(signal), kind.counters, kind.unit, float(peak["value"]), float(peak["normal"]),
+                              float(rows["score"].max()), ()))
     items.sort(key=lambda item: -item.score)
     return tuple(items[:limit])
 

@@ -3,7 +3,9 @@
 Measures, for network loss (the only loss the detector charges to the fabric):
 
 - episode precision, recall and F1: a detected network episode matches a true
-  one when both name the same job and their time spans overlap;
+  one when both name the same job and their time spans overlap; true episodes
+  that lost less than ``min_gpu_seconds`` (the detector's own floor for
+  reporting) need not be found, but finding them is no false positive;
 - root-cause link accuracy: among matched detected episodes, the share whose
   first blamed link is one of the true episode's responsible links (either end
   of an uplink counts);
@@ -47,6 +49,7 @@ def is_network_cause(cause: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class Accuracy:
     true_episodes: int
+    """True network episodes of at least ``min_gpu_seconds``."""
     detected_episodes: int
     matched_detected: int
     matched_true: int
@@ -77,7 +80,8 @@ class Accuracy:
             ("recall", pct(self.recall)),
             ("F1", pct(self.f1)),
             ("root-cause link accuracy", pct(self.link_accuracy)),
-            ("network GPU-seconds (true / detected)", f"{self.true_gpu_seconds:,.0f} / {self.detected_gpu_seconds:,.0f}"),
+            ("network GPU-seconds (true / detected)",
+             f"{self.true_gpu_seconds:,.0f} / {self.detected_gpu_seconds:,.0f}"),
             ("network dollars (true / detected)", f"${self.true_dollars:,.2f} / ${self.detected_dollars:,.2f}"),
             ("network dollar error", "n/a" if self.dollar_error is None else f"{self.dollar_error:+.1%}"),
             ("false network dollars on confounders", f"${self.false_network_dollars:,.2f}"),
@@ -88,10 +92,12 @@ class Accuracy:
 
 def evaluate(
     result: DetectionResult, truth: Iterable[TrueEpisodeLike], topology: Topology, allocations: Iterable[Allocation],
+    min_gpu_seconds: float = 60.0,
 ) -> Accuracy:
     """Score a detection against the true episodes of the same scenario."""
     truth = list(truth)
     true_network = [t for t in truth if is_network_cause(t.cause)]
+    required = {i for i, t in enumerate(true_network) if t.gpu_seconds_lost >= min_gpu_seconds}
     confounders = [t for t in truth if not is_network_cause(t.cause)]
     detected = result.network_episodes
     peers = _uplink_peers(topology)
@@ -110,8 +116,8 @@ def evaluate(
         if episode.links and episode.links[0] in true_links:
             link_hits += 1
 
-    precision = matched_detected / len(detected) if detected else (1.0 if not true_network else 0.0)
-    recall = len(matched_true) / len(true_network) if true_network else 1.0
+    precision = matched_detected / len(detected) if detected else (1.0 if not required else 0.0)
+    recall = len(matched_true & required) / len(required) if required else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
     models = _job_models(topology, allocations)
@@ -121,8 +127,8 @@ def evaluate(
     error = (totals["dollars_lost"] - true_dollars) / true_dollars if true_dollars > 0 else None
     false_dollars, blamed = _false_network(result, true_network, confounders)
     return Accuracy(
-        true_episodes=len(true_network), detected_episodes=len(detected),
-        matched_detected=matched_detected, matched_true=len(matched_true),
+        true_episodes=len(required), detected_episodes=len(detected),
+        matched_detected=matched_detected, matched_true=len(matched_true & required),
         precision=precision, recall=recall, f1=f1,
         link_accuracy=link_hits / matched_detected if matched_detected else None,
         true_gpu_seconds=true_seconds, detected_gpu_seconds=totals["gpu_seconds_lost"],

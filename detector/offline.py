@@ -59,12 +59,12 @@ def run_detect(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        result, topology = _detect_files(args)
+        result = _detect_files(args)
     except (OSError, LineProtocolError, TopologyError, JobsError, TelemetryError, RatesError, ValueError) as error:
         print(f"strandwatch detect: error: {error}", file=err)
         return 2
     if args.format == "json":
-        json.dump(result.to_dict(topology), out, indent=2)
+        json.dump(result.to_dict(), out, indent=2)
         out.write("\n")
     else:
         out.write(format_table(result))
@@ -73,7 +73,7 @@ def run_detect(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     return 0
 
 
-def _detect_files(args: argparse.Namespace) -> tuple[DetectionResult, Topology]:
+def _detect_files(args: argparse.Namespace) -> DetectionResult:
     topology = Topology.load(args.topology)
     allocations = load_jobs(args.jobs)
     if args.input == "-":
@@ -91,7 +91,7 @@ def _detect_files(args: argparse.Namespace) -> tuple[DetectionResult, Topology]:
     if args.min_gpu_seconds is not None:
         settings = replace(settings, episodes=replace(settings.episodes, min_gpu_seconds=args.min_gpu_seconds))
     try:
-        return detect(frames, topology, allocations, prices, settings), topology
+        return detect(frames, topology, allocations, prices, settings)
     except (TelemetryError, RatesError) as error:
         raise type(error)(f"{args.input}: {error}") from error
 
@@ -104,12 +104,14 @@ def format_table(result: DetectionResult) -> str:
         data = episode.to_dict()
         parts = []
         if episode.links:
-            parts.append(", ".join(episode.links[:3]) + (f" +{len(episode.links) - 3}" if len(episode.links) > 3 else ""))
+            more = f" +{len(episode.links) - 3}" if len(episode.links) > 3 else ""
+            parts.append(", ".join(episode.links[:3]) + more)
         elif episode.hosts:
             parts.append(", ".join(episode.hosts))
         if episode.evidence:
             top = episode.evidence[0]
-            level = f"{top.value / top.normal:.0f}x normal" if top.normal > 0 else f"{top.value:.3g} (normal 0)"
+            level = f"{top.value / top.normal:.0f}x normal" if top.normal > 0 \
+                else f"{top.value:.3g} {top.unit} (normal 0)"
             parts.append(f"{top.signal} {level}")
         detail = "; ".join(parts)
         rows.append((data["start"], data["end"], episode.job, episode.cause, f"{episode.gpu_seconds_lost:,.0f}",

@@ -7,7 +7,8 @@ A naive ``diff()`` turns each of these into a negative or absurdly large rate,
 and a detector fed such spikes reports congestion that never happened. The rules
 here, applied per series (one switch port, one NIC port, one netdev):
 
-- a decrease of a Counter32 field that fits a wrap (the wrapped increase is below
+- a decrease of a Counter32 field (IF-MIB's, and those a point lists in its
+  ``counter32_fields``) that fits a wrap (the wrapped increase is below
   ``MAX_WRAP_INCREASE``) is a wrap: the increase is ``new + 2^32 - old``;
 - a decrease of any other counter, a Counter32 decrease too large to be a wrap,
   sysUpTime going back (unless it wrapped itself) or ifCounterDiscontinuityTime
@@ -41,6 +42,7 @@ MAX_WRAP_INCREASE = float(2**31)
 """A Counter32 decrease is read as a wrap only when the wrapped increase is below
 half the counter's range; a larger one is more likely a restart from 0."""
 
+COUNTER32_LIST = "counter32_fields"
 UPTIME_FIELD = "sysUpTime"
 DISCONTINUITY_FIELD = "ifCounterDiscontinuityTime"
 TIMETICKS_PER_SECOND = 100.0
@@ -75,7 +77,7 @@ def counter_rates(
     not returned): ``time`` (the interval's end), the series tags,
     ``interval_s`` (seconds since the series' previous sample), each counter as
     a rate per second (NaN where the interval was dropped) and each gauge's
-    value at ``time``.
+    value at ``time`` (NaN where it is not a number).
     """
     if TIME not in frame.columns:
         raise RatesError(f"{source}: no '{TIME}' column")
@@ -83,6 +85,10 @@ def counter_rates(
     if missing_tags:
         raise RatesError(f"{source}: missing series tag column(s) {', '.join(missing_tags)}")
     counters = [name for name in counters if name in frame.columns]
+    if COUNTER32_LIST in frame.columns:
+        # The SNMP source names the columns an agent served as Counter32 (vendor tables, octet fallbacks).
+        listed = {name for text in frame[COUNTER32_LIST].dropna().unique() for name in str(text).split(",")}
+        counter32 = frozenset(counter32) | (listed - {""})
     gauges = [name for name in gauges if name in frame.columns and name not in counters]
     markers = [name for name in (UPTIME_FIELD, DISCONTINUITY_FIELD) if name in frame.columns]
     columns = [TIME, *series, *dict.fromkeys([*counters, *gauges, *markers])]
@@ -129,7 +135,8 @@ def counter_rates(
     for name, column in values.items():
         result[name] = _rate(column, increases[name], codes, times, epoch, max_gap_s)
     for name in gauges:
-        result[name] = work[name].to_numpy()
+        # A gauge some pipeline stored as text ("up") is not a number the detector can use.
+        result[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return pd.DataFrame(result).loc[same_series].reset_index(drop=True)
 
 

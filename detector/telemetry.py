@@ -5,22 +5,24 @@ The detector reads the four measurements of the data contract as
 frame per measurement, a ``time`` column, one column per tag and per field.
 This module turns them into what the detector reasons about, per grid interval:
 
-- switch ports: octets, packets, discards, errors per second, speed, status;
+- switch ports: octets, packets, discards, errors per second, speed, status, and
+  the vendor congestion counters of the SNMP source's profiles (queue drops, PFC
+  pauses sent and received, Onyx TxWait);
 - NIC ports (``infiniband``): congestion, retransmission and error counters
   and traffic per second;
 - netdevs (``ethtool``): PFC pause frames and pause time received and sent;
 - GPUs (``nvidia_smi``): the busy signal and power.
 
 All samples are put on one grid of ``step_s`` seconds: a sample stamped ``t``
-describes the interval that ends at ``t`` and is labelled with the grid time
-nearest ``t``, so sources polled a little apart in time still line up. Missing
+describes the interval that ends at ``t`` and is labelled with the grid interval
+that holds most of it, so sources polled a little apart in time still line up
+and finer samples average into the grid's intervals. Missing
 measurements give empty frames: a site without ethtool or without GPUs still
 gets everything the other sources say.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -30,8 +32,6 @@ import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
 from detector.rates import TIME, counter_rates
-
-log = logging.getLogger(__name__)
 
 
 class TelemetryError(ValueError):
@@ -48,6 +48,32 @@ INTERFACE_COUNTERS = (
     "ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors",
 )
 INTERFACE_GAUGES = ("ifHighSpeed", "ifOperStatus")
+
+SWITCH_QUEUE_DROPS = re.compile(
+    r"^(clEgressQOverflowDiscards|clBufferOverflowDiscards|clIntOutTc\d+(Buff|Wred)Discard"
+    r"|mellanoxQoSTC(UnicastNoBufferDiscard|WREDDiscard)(_\w+)?|jnxCosQstat(TailDropPkts|TotalRedDropPkts)(_\w+)?"
+    r"|aristaIngressQueuePktsDropped(_\w+)?)$"
+)
+"""Vendor queue and buffer drop counters on ``interface`` points (the SNMP source's profiles)."""
+SWITCH_PAUSE_FAMILIES = {
+    "out": (
+        re.compile(r"^(clIntOutPfc\d+Pkt|aristaPfcPriorityRequests(_\w+)?|mellanoxQoSPFCTxPausePkts(_\w+)?)$"),
+        re.compile(r"^(clIntOutPausePkt|mellanoxQoSPortTxPausePkts)$"),
+        re.compile(r"^dot3HCOutPauseFrames$"),
+        re.compile(r"^dot3OutPauseFrames$"),
+    ),
+    "in": (
+        re.compile(r"^(clIntInPfc\d+Pkt|aristaPfcPriorityIndications(_\w+)?|mellanoxQoSPFCRxPausePkts(_\w+)?)$"),
+        re.compile(r"^(clIntInPausePkt|mellanoxQoSPortRxPausePkts)$"),
+        re.compile(r"^dot3HCInPauseFrames$"),
+        re.compile(r"^dot3InPauseFrames$"),
+    ),
+}
+"""Pause frames a switch port sends (``out``) and receives (``in``): per-priority PFC counters where the
+vendor has them, else port pause counters, else EtherLike-MIB's (64-bit, then 32-bit). Only the first
+family a port reports is used: they count the same frames again."""
+SWITCH_TX_WAIT = "mellanoxQoSPortTxWaitMicroseconds"
+"""Microseconds a port had data to send and could not (Onyx): the switch's own port_xmit_wait."""
 
 NIC_TRAFFIC = ("port_xmit_data", "port_rcv_data", "port_xmit_data_64", "port_rcv_data_64")
 """4-byte words (sysfs), whatever the lane count."""
@@ -81,11 +107,14 @@ class Telemetry:
 
     step_s: float
     ports: pd.DataFrame
-    """agent_host, port, in_bps, out_bps, in_pps, out_pps, discards_in, discards_out, errors_in, errors_out, speed_bps, oper_status."""
+    """agent_host, port, in_bps, out_bps, in_pps, out_pps, discards_in, discards_out, errors_in, errors_out,
+    speed_bps, oper_status, and from vendor tables where present: queue_drops, pauses_out (frames the
+    switch sends), pauses_in (frames it receives), tx_wait (share of time)."""
     nics: pd.DataFrame
     """host, device, port, netdev, tx_bytes, rx_bytes and the NIC counters per second."""
     pauses: pd.DataFrame
-    """host, netdev, pause_rx, pause_rx_us, pause_tx, pause_tx_us (frames and microseconds per second), tx_bytes, rx_bytes."""
+    """host, netdev, pause_rx, pause_rx_us, pause_tx, pause_tx_us (frames and microseconds per second),
+    tx_bytes, rx_bytes."""
     gpus: pd.DataFrame
     """host, gpu (int), busy (%), busy_field, kernel (utilization_gpu where busy is sm_active, %), power_w, model."""
     start: pd.Timestamp | None
@@ -126,27 +155,43 @@ def _typical_step(*frames: pd.DataFrame) -> float:
 
 
 def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFrame:
-    """Label samples with the nearest grid time and merge samples of a series that land together."""
+    """Label each sample with the grid interval holding the middle of the interval it describes.
+
+    A sample at ``t`` covers ``(t - interval_s, t]``; it goes to the grid time
+    ``ceil((t - interval_s / 2) / step) * step``. With samples on the grid's own
+    interval that is the nearest grid time, so a few seconds of jitter either way
+    do not matter; with finer samples, each lands in the interval it belongs to.
+    Samples of a series that land together are averaged, weighted by their intervals.
+    """
     if frame.empty:
         return frame
-    step_ns = int(round(step_s * 1e9))
+    step_ns = step_s * 1e9
     stamps = pd.DatetimeIndex(frame[TIME]).as_unit("ns").asi8
-    grid = pd.to_datetime(np.round(stamps / step_ns).astype(np.int64) * step_ns, utc=True)
-    frame = frame.assign(**{TIME: grid})
+    covered = frame["interval_s"].to_numpy(dtype=float)
+    covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
+    bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
+    frame = frame.assign(**{TIME: pd.to_datetime(bins * int(round(step_ns)), utc=True)})
     if not frame.duplicated([TIME, *keys]).any():
         return frame.reset_index(drop=True)
-    numeric = [c for c in frame.columns if c not in (TIME, *keys) and pd.api.types.is_numeric_dtype(frame[c])]
-    others = [c for c in frame.columns if c not in (TIME, *keys, *numeric)]
-    grouped = frame.groupby([TIME, *keys], sort=False, dropna=False)
-    merged = grouped[numeric].mean()
+    numeric = [c for c in frame.columns
+               if c not in (TIME, *keys, "interval_s") and pd.api.types.is_numeric_dtype(frame[c])]
+    others = [c for c in frame.columns if c not in (TIME, *keys, "interval_s", *numeric)]
+    groups = [frame[TIME], *[frame[key] for key in keys]]
+    weight = pd.Series(covered, index=frame.index)
+    values = frame[numeric]
+    total = values.mul(weight, axis=0).groupby(groups, sort=False, dropna=False).sum(min_count=1)
+    weights = values.notna().mul(weight, axis=0).groupby(groups, sort=False, dropna=False).sum()
+    merged = total / weights.where(weights > 0)
+    merged["interval_s"] = weight.groupby(groups, sort=False, dropna=False).sum()
     if others:
-        merged = merged.join(grouped[others].last())
+        merged = merged.join(frame[others].groupby(groups, sort=False, dropna=False).last())
     return merged.reset_index()
 
 
 def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     columns = ["time", "agent_host", "port", "interval_s", "in_bps", "out_bps", "in_pps", "out_pps",
-               "discards_in", "discards_out", "errors_in", "errors_out", "speed_bps", "oper_status"]
+               "discards_in", "discards_out", "errors_in", "errors_out", "speed_bps", "oper_status",
+               "queue_drops", "pauses_out", "pauses_in", "tx_wait"]
     if frame is None or frame.empty:
         return pd.DataFrame(columns=columns)
     if SWITCH_TAG not in frame.columns:
@@ -154,8 +199,11 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     name_tag = next((tag for tag in INTERFACE_NAME_TAGS if tag in frame.columns), None)
     if name_tag is None:
         raise TelemetryError(f"measurement '{INTERFACE}': no interface tag ({', '.join(INTERFACE_NAME_TAGS)})")
+    vendor = [name for name in frame.columns
+              if SWITCH_QUEUE_DROPS.match(name) or name == SWITCH_TX_WAIT
+              or any(family.match(name) for families in SWITCH_PAUSE_FAMILIES.values() for family in families)]
     rates = counter_rates(
-        frame, series=[SWITCH_TAG, name_tag], counters=INTERFACE_COUNTERS, gauges=INTERFACE_GAUGES,
+        frame, series=[SWITCH_TAG, name_tag], counters=[*INTERFACE_COUNTERS, *vendor], gauges=INTERFACE_GAUGES,
         source=f"measurement '{INTERFACE}'",
     )
     def column(*names: str) -> pd.Series:
@@ -181,7 +229,19 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         "errors_out": column("ifOutErrors"),
         "speed_bps": column("ifHighSpeed") * 1e6,
         "oper_status": column("ifOperStatus"),
+        "queue_drops": _sum_or_nan(rates, [name for name in vendor if SWITCH_QUEUE_DROPS.match(name)]),
+        "pauses_out": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["out"]),
+        "pauses_in": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["in"]),
+        "tx_wait": column(SWITCH_TX_WAIT) / 1e6,
     })
+
+
+def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...]) -> pd.Series:
+    """Per row, the sum of the first family of counters that has a value there."""
+    result = pd.Series(np.nan, index=rates.index)
+    for family in families:
+        result = result.fillna(_sum_or_nan(rates, [name for name in names if family.match(name)]))
+    return result
 
 
 def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -285,7 +345,8 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
     out["model"] = frame["name"].astype(str) if "name" in frame.columns else ""
     out = out.sort_values(["host", "gpu", TIME], kind="stable")
     stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8.astype(float)
-    same = (out["host"].to_numpy()[1:] == out["host"].to_numpy()[:-1]) & (out["gpu"].to_numpy()[1:] == out["gpu"].to_numpy()[:-1])
+    hosts, indices = out["host"].to_numpy(), out["gpu"].to_numpy()
+    same = (hosts[1:] == hosts[:-1]) & (indices[1:] == indices[:-1])
     interval = np.full(len(out), np.nan)
     interval[1:] = np.where(same, np.diff(stamps) / 1e9, np.nan)
     out["interval_s"] = interval

@@ -191,7 +191,9 @@ class FakeNvml:
                     pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: (gpu.pcie_bytes, 0),
                     pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: (gpu.pcie_bytes, 1),
                 }.get(field_id)
-                if field_id in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX):
+                if field_id in (
+                    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
+                ):
                     assert scope == 0xFFFFFFFF, "NVLink throughput must be summed over all links"
                 if source is None or source[0] is None:
                     value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED

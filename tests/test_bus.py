@@ -50,10 +50,11 @@ async def test_publish_waits_while_a_subscriber_is_full():
     assert not blocked.done()  # waits, drops nothing
     delivery = await anext(subscription)
     await asyncio.wait_for(blocked, 1)
-    remaining = [delivery.points]
-    await bus.close()
-    await consume(subscription, remaining)
-    assert remaining == [batch(0), batch(1), batch(2)]
+    received = [delivery.points]
+    closer = asyncio.create_task(bus.close())  # waits for room too
+    await consume(subscription, received)
+    await closer
+    assert received == [batch(0), batch(1), batch(2)]
 
 
 async def test_close_lets_subscribers_drain_then_ends_them():

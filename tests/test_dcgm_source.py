@@ -62,7 +62,10 @@ class Exporter:
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(exporter.body)))
                 self.end_headers()
-                self.wfile.write(exporter.body)
+                try:
+                    self.wfile.write(exporter.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the source stopped reading: too large, or it timed out
 
             def log_message(self, *args) -> None:
                 pass

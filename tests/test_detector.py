@@ -74,7 +74,8 @@ def test_saturation_alone_is_not_congestion(scenario):
 
 def test_pauses_a_host_sends_are_its_own_not_the_links(scenario):
     *_, congestion = scenario
-    sent = congestion.host_pause[(congestion.host_pause["host"] == "node03") & (congestion.host_pause["time"] == at(16))]
+    pauses = congestion.host_pause
+    sent = pauses[(pauses["host"] == "node03") & (pauses["time"] == at(16))]
     assert sent["score"].max() >= 1
     assert score(congestion, "10.0.0.12:swp1", 16)["score"] < 1  # node03's own link
     assert score(congestion, "10.0.0.11:swp1", 16)["path_score"] >= 1  # node01 receives the pauses
@@ -127,7 +128,8 @@ def test_episodes_bridge_one_quiet_interval_but_not_another_cause():
     assert network[0] == network[1] == network[2]  # one interval without loss between: same episode
     assert network[3] != network[2]  # a checkpoint in between: a new one
     assert network[4] != network[3]  # two intervals without loss: a new one
-    assert ids[losses["cause"] == "checkpoint"].nunique() == 1 and not set(network) & set(ids[losses["cause"] == "checkpoint"])
+    checkpoint = ids[losses["cause"] == "checkpoint"]
+    assert checkpoint.nunique() == 1 and not set(network) & set(checkpoint)
 
 
 def test_prices():
@@ -204,3 +206,47 @@ def test_accuracy_on_other_seeds(seed):
 def test_accuracy_without_ethtool_a_slow_host_shows_as_a_straggler(default_scenario):
     frames, sim = default_scenario
     check_accuracy({name: frame for name, frame in frames.items() if name != "ethtool"}, sim)
+
+
+def test_evaluation_matches_jobs_and_times_and_either_end_of_an_uplink(scenario):
+    from detector.simulator import TrueEpisode
+    frames, topology, allocations, *_ = scenario
+    result = detect(frames, topology, allocations)
+
+    def true(job, start, end, cause, links=(), lost=240.0):
+        return TrueEpisode(job, at(start).to_pydatetime(), at(end).to_pydatetime(), cause, links, lost)
+
+    truth = [
+        true("train-a", 4, 8, "congestion", ("10.0.0.1:swp1",)),  # the spine's end of leaf01's swp51
+        true("eval-b", 11, 14, "checkpoint"),
+        true("train-a", 15, 17, "slow_host"),
+        true("eval-b", 2, 3, "link_degradation", ("10.0.0.11:swp2",), lost=20.0),  # too small to be required
+    ]
+    accuracy = evaluate(result, truth, topology, allocations)
+    assert (accuracy.precision, accuracy.recall, accuracy.link_accuracy) == (1.0, 1.0, 1.0)
+    assert accuracy.true_episodes == 1 and accuracy.confounder_episodes == 2
+    assert accuracy.dollar_error == pytest.approx(result.totals()["dollars_lost"] / (260 / 3600 * 3.0) - 1, abs=1e-3)
+    assert accuracy.false_network_dollars == 0
+
+    wrong = evaluate(result, [true("train-a", 4, 8, "checkpoint")], topology, allocations)
+    assert wrong.precision == 0.0 and wrong.confounders_blamed_on_network == 1
+    assert wrong.false_network_dollars == pytest.approx(result.totals()["dollars_lost"], abs=0.01)
+
+
+def test_switch_vendor_pause_counters(scenario):
+    """Cumulus PFC counters on the interface points: pauses a leaf sends, and pauses a host sends into it."""
+    frames, topology, allocations, *_ = scenario
+    interface = frames["interface"].copy()
+    poll = ((interface["time"] - T0).dt.total_seconds() // 30).astype(int)
+    storm = (interface["agent_host"] == "10.0.0.11") & (interface["ifName"] == "swp2")
+    slow = (interface["agent_host"] == "10.0.0.12") & (interface["ifName"] == "swp1")
+    interface["clIntOutPfc3Pkt"] = np.where(storm, 5000.0 * 30 * (poll - 12).clip(0, 3), 0.0)
+    interface["clIntInPfc3Pkt"] = np.where(slow, 6000.0 * 30 * (poll - 15).clip(0, 2), 0.0)
+    telemetry = load_telemetry({"interface": interface})
+    congestion = link_congestion(telemetry, topology)
+    storm_scores = congestion.signals[(congestion.signals["signal"] == "switch_pauses_sent")
+                                      & (congestion.signals["link"] == "10.0.0.11:swp2")].set_index("time")["score"]
+    assert (storm_scores[[at(13), at(14), at(15)]] >= 1).all() and storm_scores[at(10)] == 0
+    assert congestion.signals.loc[congestion.signals["signal"] == "switch_pauses_received", "score"].max() == 0
+    sent = congestion.host_pause[(congestion.host_pause["host"] == "node03")].set_index("time")["score"]
+    assert (sent[[at(16), at(17)]] >= 1).all() and sent[at(15)] == 0

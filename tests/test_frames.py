@@ -91,6 +91,7 @@ def test_nan_and_infinite_fields_are_no_value_and_empty_tags_no_tag():
     points = [
         Point("m", {"h": "a", "rack": ""}, {"x": math.nan, "y": 1.0}, T),
         Point("m", {"h": "a"}, {"x": math.inf, "y": 2.0}, T + S),
+        Point("m", {"h": "b", "only_here": "x"}, {"x": math.nan}, T),  # no value: no row, no column
     ]
     frame = points_to_frames(points)["m"]
     assert list(frame.columns) == ["time", "h", "y"]

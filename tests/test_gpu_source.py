@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -335,7 +336,8 @@ async def test_mig_instances_are_reported_each_on_their_own_with_gpm_per_instanc
     # GPM is per GPU instance: both compute instances of instance 9 report its value.
     assert small.fields["sm_active"] == pytest.approx(12.5) == small_ci.fields["sm_active"]
     # Processes come per instance, the whole-GPU list (which repeats them) is not read.
-    assert [(p.tags["index"], p.tags.get("gpu_instance_id"), p.tags["pid"]) for p in by_measurement[NVIDIA_SMI_PROCESS]] == [
+    processes = by_measurement[NVIDIA_SMI_PROCESS]
+    assert [(p.tags["index"], p.tags.get("gpu_instance_id"), p.tags["pid"]) for p in processes] == [
         ("0", None, "4242"), ("1", "1", "5001"), ("1", "9", "5002"),
     ]
     assert await table.wait_for(T + 10_000_000_000, 0.1) == [
@@ -382,10 +384,23 @@ async def test_a_failed_poll_releases_waiters_of_the_process_table():
             pass
 
     table = ProcessTable()
-    await table.update(T - 1, [GpuProcess(0, "GPU-x", 1)])
+    table.update(T - 1, [GpuProcess(0, "GPU-x", 1)])
     source = GpuSource("node1", Broken(), table)
     await source.collect(T)
     # The poll of T failed: waiters for T get the list they had, at once.
     assert await table.wait_for(T, timeout_s=5) == [GpuProcess(0, "GPU-x", 1)]
     # Nobody updates T + 1: the wait gives up after its timeout.
     assert await table.wait_for(T + 1, timeout_s=0.01) == [GpuProcess(0, "GPU-x", 1)]
+
+
+def test_the_process_table_serves_one_event_loop_after_another():
+    table = ProcessTable()
+    table.update(T, [GpuProcess(0, "GPU-x", 1)])
+    for step in (1, 2):
+        async def poll() -> list[GpuProcess]:
+            waiting = asyncio.create_task(table.wait_for(T + step, timeout_s=5))
+            await asyncio.sleep(0)
+            table.update(T + step, [GpuProcess(0, "GPU-x", step)])
+            return await waiting
+
+        assert asyncio.run(poll()) == [GpuProcess(0, "GPU-x", step)]

@@ -45,9 +45,9 @@ def assert_golden(name: str, text: str) -> None:
     assert text == path.read_text()
 
 
-async def table_with(processes: list[GpuProcess], time_ns: int = T) -> ProcessTable:
+def table_with(processes: list[GpuProcess], time_ns: int = T) -> ProcessTable:
     table = ProcessTable()
-    await table.update(time_ns, processes)
+    table.update(time_ns, processes)
     return table
 
 
@@ -112,7 +112,10 @@ def _cgroup_mount(kind: str) -> Path | None:
 
 @pytest.mark.parametrize(
     "kind, layout",
-    [("v1", "slurm/uid_0/job_{job}/step_0/task_0"), ("v2", "system.slice/slurmstepd.scope/job_{job}/step_0/user/task_0")],
+    [
+        ("v1", "slurm/uid_0/job_{job}/step_0/task_0"),
+        ("v2", "system.slice/slurmstepd.scope/job_{job}/step_0/user/task_0"),
+    ],
 )
 def test_slurm_job_of_a_real_process_in_a_slurm_cgroup(kind, layout):
     """As slurmstepd does: make the job's cgroup, move a task into it, read /proc/<pid>/cgroup."""
@@ -201,7 +204,8 @@ async def test_slurm_processes_and_the_jobs_file_give_job_gpu_points():
         GpuProcess(2, "GPU-2", 5001, 10.0),  # not a Slurm task
         GpuProcess(3, "GPU-3", 4243, 9.0, gpu_instance_id=9),  # a MIG instance of the same job
     ]
-    source = JobsSource("gpu-node-07", await table_with(processes), proc_root=FAKE_PROC, jobs_file=FIXTURES / "jobs.csv")
+    table = table_with(processes)
+    source = JobsSource("gpu-node-07", table, proc_root=FAKE_PROC, jobs_file=FIXTURES / "jobs.csv")
     assert isinstance(source, Source)
     points = await source.collect(T)
     jobs, health = points[:-1], points[-1]
@@ -234,7 +238,7 @@ async def test_the_source_waits_for_the_gpu_source_of_the_same_poll(monkeypatch)
 
 
 async def test_a_gpu_without_processes_or_slurm_gives_no_job_points():
-    source = JobsSource("n1", await table_with([GpuProcess(0, "GPU-0", 5001)]), proc_root=FAKE_PROC)
+    source = JobsSource("n1", table_with([GpuProcess(0, "GPU-0", 5001)]), proc_root=FAKE_PROC)
     points = await source.collect(T)
     assert [p.measurement for p in points] == [COLLECTOR_HEALTH]
 

@@ -175,3 +175,15 @@ def test_a_million_rows_in_seconds():
     assert np.allclose(out["ifHCOutOctets"].to_numpy(), expected.diff().dropna().to_numpy() / 10)
     assert (out["ifOutDiscards"] >= 0).all()
     assert elapsed < 5.0, elapsed
+
+
+def test_fields_a_point_lists_as_counter32_wrap_too():
+    frame = port_frame([
+        {"t": 0, "dot3InPauseFrames": 2**32 - 10.0, "counter32_fields": "dot3InPauseFrames,dot3OutPauseFrames"},
+        {"t": 10, "dot3InPauseFrames": 90.0, "counter32_fields": "dot3InPauseFrames,dot3OutPauseFrames"},
+    ])
+    out = counter_rates(frame, series=["agent_host", "ifName"], counters=["dot3InPauseFrames"])
+    assert out["dot3InPauseFrames"].tolist() == [10.0]
+    unlisted = counter_rates(frame.drop(columns="counter32_fields"), series=["agent_host", "ifName"],
+                             counters=["dot3InPauseFrames"])
+    assert unlisted["dot3InPauseFrames"].isna().all()  # a 64-bit counter going down is a reset

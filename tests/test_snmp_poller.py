@@ -14,8 +14,9 @@ import pytest
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, INTERFACE, Point
 from collector.sources.base import Source
-from collector.sources.snmp import SnmpConfigError, SnmpSource, SnmpTarget, load_config, parse_config
-from collector.sources.snmp import ber
+from collector.sources.snmp import SnmpConfig, SnmpConfigError, SnmpSource, SnmpTarget, load_config, parse_config
+from collector.sources.snmp import SnmpClient, ber
+from collector.sources.snmp.session import V3Session
 from detector.simulator.snmp_agent import COUNTER_COLUMNS, OPER_DOWN, CounterBoard, SimulatedSwitchAgents
 from snmp_fixtures import (
     GOLDEN,
@@ -25,6 +26,7 @@ from snmp_fixtures import (
     Snmpsimd,
     free_udp_port,
     leaf_switches,
+    own_snmpsim,  # noqa: F401  (pytest fixture)
     serve_snapshot,
     shared_snmpsim,  # noqa: F401  (pytest fixture)
     snapshot_dir,  # noqa: F401  (pytest fixture)
@@ -58,8 +60,8 @@ def targets_for(agents: SimulatedSwitchAgents, **options) -> list[SnmpTarget]:
     return [SnmpTarget(name, host, port, **options) for name, (host, port) in agents.endpoints.items()]
 
 
-async def poll_once(targets: list[SnmpTarget], **options) -> list[Point]:
-    source = SnmpSource.from_targets(targets, **options)
+async def poll_once(targets: list[SnmpTarget], use_pysnmp_for_v2c: bool = False, **options) -> list[Point]:
+    source = SnmpSource(SnmpConfig(tuple(targets), **options), use_pysnmp_for_v2c=use_pysnmp_for_v2c)
     try:
         return await source.collect(T0)
     finally:
@@ -184,6 +186,24 @@ async def test_full_simulated_fabric_poll_is_fast():
     assert sorted(durations)[2] < 0.3, durations
 
 
+async def test_fast_path_decodes_well_over_a_hundred_thousand_varbinds_per_cpu_second():
+    """4 switches x 64 ports, ~2,700 varbinds a poll: pysnmp spent ~460 ms of CPU on one, the BER path ~10."""
+    with CounterBoard(leaf_switches(4, 64)) as board, SimulatedSwitchAgents(board) as agents:
+        source = SnmpSource.from_targets(targets_for(agents))
+        try:
+            await source.collect(T0)
+            started = time.process_time()
+            for poll in range(10):
+                board.counters += 1_000_000
+                points = await source.collect(T0 + poll)
+            cpu_per_poll = (time.process_time() - started) / 10
+        finally:
+            await source.close()
+    assert len([p for p in points if p.measurement == INTERFACE]) == 256
+    varbinds_per_poll = 4 * 64 * len(("ifOperStatus", "4 HC counters", "4 Counter32", "...")) * 10 // 4
+    assert varbinds_per_poll / cpu_per_poll > 65_000, f"{cpu_per_poll * 1000:.1f} ms of CPU per poll"
+
+
 # --- broken agents --------------------------------------------------------------------------------
 
 
@@ -222,6 +242,49 @@ async def test_slow_target_is_cut_at_its_deadline_and_others_finish(switch_board
     assert health["slow01"].fields["duration_seconds"] < 1.5
     assert health["leaf02"].fields["up"] == 1
     assert {host for host, _ in interfaces} == {"leaf02"}
+
+
+async def test_down_target_is_retried_with_exponential_backoff_and_recovers(switch_board, caplog):
+    _, agents = switch_board
+    port = free_udp_port()
+    flaky = SnmpTarget("flaky01", "127.0.0.1", port, timeout=0.1, retries=0, deadline=0.3)
+    source = SnmpSource.from_targets([flaky, *targets_for(agents)], backoff_initial=0.5, backoff_max=0.8)
+    try:
+        with caplog.at_level(logging.INFO, logger="collector.sources.snmp"):
+            first = split(await source.collect(T0))[1]["flaky01"].fields
+            skipped = split(await source.collect(T0 + 1))[1]["flaky01"].fields
+            time.sleep(0.5)
+            second = split(await source.collect(T0 + 2))[1]["flaky01"].fields
+            time.sleep(0.5)
+            still_waiting = split(await source.collect(T0 + 3))[1]["flaky01"].fields
+            time.sleep(0.35)
+            with RelayProxy(agents.endpoints["leaf01"], port=port):
+                interfaces, health = split(await source.collect(T0 + 4))
+    finally:
+        await source.close()
+    assert first["up"] == 0 and first["skipped"] == 0 and first["consecutive_failures"] == 1
+    assert 0.3 <= first["retry_in_seconds"] <= 0.5
+    assert skipped == {"up": 0, "duration_seconds": 0.0, "points": 0, "consecutive_failures": 1,
+                       "retry_in_seconds": skipped["retry_in_seconds"], "skipped": 1}
+    assert second["skipped"] == 0 and second["consecutive_failures"] == 2 and second["retry_in_seconds"] > 0.5
+    assert still_waiting["skipped"] == 1  # the delay doubled to 0.8 s (backoff_max)
+    assert health["flaky01"].fields == {"up": 1, "duration_seconds": health["flaky01"].fields["duration_seconds"],
+                                        "points": 4}
+    assert ("flaky01", "swp1") in interfaces
+    assert "next try in" in caplog.text and "answering again after 2 failed polls" in caplog.text
+
+
+async def test_a_target_with_its_own_interval_is_polled_less_often(switch_board):
+    _, agents = switch_board
+    leaf01, leaf02 = targets_for(agents)
+    slow = SnmpTarget(leaf02.name, leaf02.host, leaf02.port, interval=3600)
+    source = SnmpSource.from_targets([leaf01, slow])
+    try:
+        first = split(await source.collect(T0))[1]
+        second = split(await source.collect(T0 + 1))[1]
+    finally:
+        await source.close()
+    assert set(first) == {"leaf01", "leaf02"} and set(second) == {"leaf01"}
 
 
 # --- recordings served by snmpsimd ----------------------------------------------------------------
@@ -341,6 +404,26 @@ async def test_agent_without_ifxtable_falls_back_to_counter32_octets_and_ifdescr
         assert interfaces[("legacy01", "GigabitEthernet0/1")].tags["ifIndex"] == "1"
 
 
+def comparable(points: list[Point]) -> list[str]:
+    """Line protocol of ``points`` without the health points' wall-clock durations, sorted."""
+    return sorted(encode(points_without_durations(points)).splitlines())
+
+
+async def test_fast_path_and_pysnmp_give_identical_points(shared_snmpsim, own_snmpsim):
+    targets = [
+        SnmpTarget(name, *server.endpoint, community=name)
+        for server, names in (
+            (shared_snmpsim, ("cumulus_bgp", "arista_eos", "dell-os10")),
+            (own_snmpsim, ("arista-leaf-0", "onyx-leaf", "juniper-qfx", "legacy-switch", "mini-switch-0")),
+        )
+        for name in names
+    ]
+    fast = await poll_once(targets)
+    slow = await poll_once(targets, use_pysnmp_for_v2c=True)
+    assert all(p.fields["up"] == 1 for p in fast if p.measurement == COLLECTOR_HEALTH)
+    assert len(fast) > 200 and comparable(fast) == comparable(slow)
+
+
 # --- net-snmp's snmpd showing this machine's interfaces --------------------------------------------
 
 
@@ -370,35 +453,101 @@ async def test_snmpd_interfaces_match_the_kernel(snmpd):
         assert point.fields["ifHCInOctets"] >= int(before_walk[f"1.3.6.1.2.1.31.1.1.1.6.{index}"])
 
 
-async def test_snmpv3_auth_priv_against_snmpd(snmpd):
-    pytest.importorskip("cryptography", reason="pysnmp needs 'cryptography' for SNMPv3 privacy")
-    v3 = SnmpTarget(
-        "host-v3",
-        *snmpd.endpoint,
-        version="3",
-        user=Snmpd.V3_USER,
-        auth_protocol="sha256",
-        auth_key=Snmpd.V3_AUTH_KEY,
-        priv_protocol="aes",
-        priv_key=Snmpd.V3_PRIV_KEY,
-    )
+async def test_fast_path_and_pysnmp_agree_on_snmpd(snmpd):
+    slow, _ = split(await poll_once([SnmpTarget("host", *snmpd.endpoint)], use_pysnmp_for_v2c=True))
+    fast, _ = split(await poll_once([SnmpTarget("host", *snmpd.endpoint)]))
+    assert set(fast) == set(slow) == {("host", name) for name in kernel_interfaces().values()}
+    for key, point in fast.items():
+        before = slow[key].fields
+        assert point.tags == slow[key].tags and set(point.fields) == set(before)
+        for name, value in point.fields.items():
+            if name.startswith("ifHC") or name in ("sysUpTime",):
+                assert value >= before[name], (key, name)  # counters moved on between the two polls
+            elif name not in ("ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors"):
+                assert value == before[name], (key, name)
+
+
+def v3_target(name: str, endpoint: tuple[str, int], user: str, **options) -> SnmpTarget:
+    auth, auth_key, priv, priv_key = Snmpd.V3_USERS[user]
+    return SnmpTarget(name, *endpoint, version="3", user=user, auth_protocol=auth, auth_key=auth_key,
+                      priv_protocol=priv, priv_key=priv_key, **options)
+
+
+@pytest.mark.parametrize("pysnmp", [False, True], ids=["built-in USM", "pysnmp"])
+async def test_snmpv3_auth_priv_against_snmpd(snmpd, pysnmp):
+    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
+    targets = [v3_target(f"host-{user}", snmpd.endpoint, user) for user in ("strandwatch", "sha512user")]
     stranger = SnmpTarget("host-unknown-user", *snmpd.endpoint, version="3", user="stranger", deadline=2.0)
-    interfaces, health = split(await poll_once([v3, stranger]))
-    assert health["host-v3"].fields["up"] == 1 and health["host-unknown-user"].fields["up"] == 0
-    assert {name for _, name in interfaces} == set(kernel_interfaces().values())
+    source = SnmpSource(SnmpConfig((*targets, stranger)), use_pysnmp_for_v3=pysnmp)
+    try:
+        interfaces, health = split(await source.collect(T0))
+    finally:
+        await source.close()
+    assert {name: p.fields["up"] for name, p in health.items()} == {
+        "host-strandwatch": 1, "host-sha512user": 1, "host-unknown-user": 0,
+    }
+    assert {name for host, name in interfaces if host == "host-sha512user"} == set(kernel_interfaces().values())
+
+
+async def test_snmpv3_with_des_goes_through_pysnmp(snmpd):
+    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
+    interfaces, health = split(await poll_once([v3_target("host-des", snmpd.endpoint, "desuser")]))
+    assert health["host-des"].fields["up"] == 1 and len(interfaces) == len(kernel_interfaces())
+
+
+async def test_snmpv3_rediscovers_a_restarted_agent(tmp_path):
+    """This snmpd makes up a new engine id when it restarts and reports unknownEngineID to requests
+    for the old one: the poller discovers the engine again and sends the request once more."""
+    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
+    agent = Snmpd(tmp_path)
+    source = SnmpSource.from_targets([v3_target("restarted", agent.endpoint, "strandwatch", timeout=1, retries=0)])
+    try:
+        with agent:
+            first = split(await source.collect(T0))[1]["restarted"].fields
+        with agent:
+            second = split(await source.collect(T0 + 1))[1]["restarted"].fields
+    finally:
+        await source.close()
+    assert first["up"] == 1 and second["up"] == 1
+
+
+async def test_snmpv3_resynchronises_a_clock_out_of_its_time_window(snmpd):
+    """An agent answers a request from outside its time window (stale boots or time) with an
+    authenticated notInTimeWindow report; the session takes the agent's clock from it and retries."""
+    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
+    client = SnmpClient()
+    try:
+        session = await client.session(v3_target("clock", snmpd.endpoint, "strandwatch"))
+        assert isinstance(session, V3Session)
+        uptime = [(1, 3, 6, 1, 2, 1, 1, 3)]
+        first = await session.bulk(1, 0, uptime)
+        session.peer.engine.boots -= 1  # as if the agent had restarted since we last heard it
+        session.peer.engine.time += 100_000
+        second = await session.bulk(1, 0, uptime)
+    finally:
+        await client.close()
+    assert first[0][0] == second[0][0] == (1, 3, 6, 1, 2, 1, 1, 3, 0) and session.requests == 2
 
 
 # --- configuration --------------------------------------------------------------------------------
 
 
-def test_sample_config_loads():
-    config = load_config(SAMPLE)
+def test_sample_config_loads(tmp_path, monkeypatch):
+    sample = tmp_path / "snmp.yaml"
+    sample.write_text(SAMPLE.read_text())
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "spine-priv-key").write_text("sample-priv-key\n")
+    monkeypatch.setenv("STRANDWATCH_SNMP_COMMUNITY", "sample-community")
+    config = load_config(sample)
     assert [t.name for t in config.targets] == ["leaf01", "leaf02", "spine01"]
-    leaf01, _, spine01 = config.targets
+    leaf01, leaf02, spine01 = config.targets
     assert leaf01.community == "fabric-ro" and leaf01.tags == {"rack": "r12", "role": "leaf"}
+    assert leaf02.community == "sample-community"
     assert spine01.version == "3" and spine01.priv_protocol == "aes" and spine01.timeout == 3
-    assert config.static_refresh_polls == 10 and config.concurrency == 32
-    SnmpSource(config)  # builds pysnmp credentials for every target
+    assert spine01.priv_key == "sample-priv-key"
+    assert config.static_refresh_polls == 10 and config.concurrency == 32 and config.interval == 10
+    assert (config.backoff_initial, config.backoff_max) == (10, 300)
+    SnmpSource(config)  # builds the credentials and loads the profiles for every target
 
 
 def one_target(**keys) -> dict:
@@ -423,6 +572,10 @@ def one_target(**keys) -> dict:
         ({"targets": [{"name": "a", "host": "h"}, {"name": "a", "host": "g"}]}, r"duplicate names \['a'\]"),
         ({**one_target(), "static_refresh_polls": 0}, r"static_refresh_polls: must be an integer >= 1"),
         ({**one_target(), "defaults": {"name": "x"}}, r"defaults: unknown or per-target-only key\(s\) \['name'\]"),
+        (one_target(interval=0), r"\(a\)\.interval: must be seconds > 0, got 0"),
+        ({**one_target(), "interval": "10s"}, r"snmp: interval: must be seconds > 0, got '10s'"),
+        ({**one_target(), "backoff_initial": 60, "backoff_max": 30}, r"backoff_max: must be at least backoff_initial"),
+        ({**one_target(), "profile_dirs": "/etc/profiles"}, r"profile_dirs: must be a list of folder paths"),
         (
             {
                 "defaults": {"version": 3, "user": "mon", "auth_protocol": "sha"},
@@ -476,3 +629,72 @@ async def test_close_then_collect_again(switch_board):
     second = await source.collect(T0 + 1)
     await source.close()
     assert len(first) == len(second) == 10
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+COMMUNITY = "s3cret-community-4711"
+AUTH_KEY = "s3cret-auth-key-4711"
+PRIV_KEY = "s3cret-priv-key-4711"
+
+
+def test_secrets_come_from_environment_variables_and_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SW_TEST_COMMUNITY", COMMUNITY)
+    monkeypatch.setenv("SW_TEST_PRIV", PRIV_KEY)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "auth").write_text(AUTH_KEY + "\n")
+    config_file = tmp_path / "snmp.yaml"
+    config_file.write_text(
+        "defaults: {community_env: SW_TEST_COMMUNITY}\n"
+        "targets:\n"
+        "  - {name: a, host: h}\n"
+        "  - {name: b, host: h, community: other}\n"
+        "  - {name: c, host: h, version: 3, user: mon, auth_protocol: sha512, auth_key_file: secrets/auth,\n"
+        "     priv_protocol: aes256, priv_key_env: SW_TEST_PRIV}\n"
+    )
+    a, b, c = load_config(config_file).targets
+    assert (a.community, b.community) == (COMMUNITY, "other")
+    assert (c.auth_key, c.priv_key) == (AUTH_KEY, PRIV_KEY)  # the file's trailing newline is not part of it
+    assert not any(secret in repr(target) for secret in (COMMUNITY, AUTH_KEY, PRIV_KEY) for target in (a, b, c))
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"community_env": "SW_TEST_UNSET"}, r"\(a\)\.community_env: environment variable SW_TEST_UNSET is not set"),
+        ({"community_file": "missing.txt"}, r"\(a\)\.community_file: cannot read missing.txt: No such file"),
+        ({"community": "x", "community_env": "HOME"}, r"\(a\): set only one of community, community_env"),
+        ({"version": 3, "user": "u", "auth_protocol": "sha", "auth_key_file": "short.txt"},
+         r"\(a\)\.auth_key: must be a passphrase of at least 8 characters"),
+        ({"community_file": "empty.txt"}, r"\(a\)\.community_file: empty.txt holds an empty community"),
+    ],
+)
+def test_secret_errors_name_the_source_not_the_secret(tmp_path, keys, message):
+    (tmp_path / "short.txt").write_text("tiny\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(SnmpConfigError, match=message) as error:
+        parse_config({"targets": [{"name": "a", "host": "h", **keys}]}, base_dir=tmp_path)
+    assert "tiny" not in str(error.value)
+
+
+async def test_secrets_never_reach_logs_errors_or_points(switch_board, snmpd, caplog):
+    _, agents = switch_board
+    leaf01 = agents.endpoints["leaf01"]
+    with GarbageResponder() as garbage, caplog.at_level(logging.DEBUG):
+        targets = [
+            SnmpTarget("wrong-community", *leaf01, community=COMMUNITY, timeout=0.2, retries=0, deadline=1),
+            SnmpTarget("garbage", *garbage.endpoint, community=COMMUNITY, timeout=0.2, retries=0, deadline=1),
+            SnmpTarget("wrong-auth", *snmpd.endpoint, version="3", user=Snmpd.V3_USER, auth_protocol="sha256",
+                       auth_key=AUTH_KEY, priv_protocol="aes", priv_key=PRIV_KEY, timeout=0.5, retries=0, deadline=2),
+            SnmpTarget("wrong-priv", *snmpd.endpoint, version="3", user=Snmpd.V3_USER, auth_protocol="sha256",
+                       auth_key=Snmpd.V3_AUTH_KEY, priv_protocol="aes", priv_key=PRIV_KEY, timeout=0.5, retries=0,
+                       deadline=2),
+        ]
+        # One poller keeps one set of keys per SNMPv3 user name: the wrong-priv target needs its own.
+        points = await poll_once(targets[:3]) + await poll_once(targets[3:])
+    health = split(points)[1]
+    assert [health[t.name].fields["up"] for t in targets] == [0, 0, 0, 0]
+    assert len(caplog.records) >= 4
+    exposed = caplog.text + encode(points) + repr(targets) + "".join(str(r.args) for r in caplog.records)
+    for secret in (COMMUNITY, AUTH_KEY, PRIV_KEY):
+        assert secret not in exposed

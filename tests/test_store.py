@@ -91,7 +91,10 @@ def test_time_range_fields_and_tags_select_what_is_read(store):
     assert store.read("infiniband", tags={"host": "b"}, start=pd.Timestamp(T + 9 * S, tz="UTC"))["y"].tolist() == [-9.0]
     aware = datetime.fromtimestamp((T + 8 * S) / 1e9, tz=timezone.utc)
     assert len(store.read("infiniband", start=aware)) == 6
-    assert list(store.read("infiniband", fields=["missing"]).columns) == ["time", "host", "device", "port"]
+    assert list(store.read("infiniband", fields=["missing"]).columns) == ["time"]
+    assert list(store.read("infiniband", start=T + 10 * S).columns) == ["time"]
+    store.write([Point("infiniband", {"host": "d", "rack": "r1"}, {"x": 1}, T)])
+    assert list(store.read("infiniband", tags={"host": "a"}).columns) == ["time", "host", "device", "port", "x", "y"]
 
 
 def test_unknown_measurement_reads_as_an_empty_frame(store):

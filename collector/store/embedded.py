@@ -162,10 +162,10 @@ class EmbeddedStore:
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection."""
+        if self._closed:
+            raise RuntimeError(f"store {self.path} is closed")
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            if self._closed:
-                raise RuntimeError(f"store {self.path} is closed")
             connection = self._connect(read_only=self.read_only)
             connection.execute("PRAGMA query_only = ON")
             with self._lock:
@@ -257,9 +257,6 @@ class EmbeddedStore:
             series = None  # looked up at the first value worth storing
             time_ns = point.time_ns
             for name, value in point.fields.items():
-                field = field_ids.get(name) or new_fields.get(name)
-                if field is None:
-                    field = new_fields[name] = _field_id(connection, name)
                 kind = type(value)
                 if kind is float:
                     if value - value != 0.0:
@@ -271,6 +268,9 @@ class EmbeddedStore:
                     value = _storable(value, point, name)
                     if value is None:
                         continue
+                field = field_ids.get(name) or new_fields.get(name)
+                if field is None:
+                    field = new_fields[name] = _field_id(connection, name)
                 if series is None:
                     series = series_ids.get(key) or new_series.get(key)
                     if series is None:

@@ -468,6 +468,11 @@ class SimulatedSwitchAgents:
             switch.name: (self.host, port) for switch, port in zip(self.board.switches, ports, strict=True)
         }
 
+    @property
+    def pid(self) -> int | None:
+        """The agent process's id while it runs (to read its CPU time), else None."""
+        return None if self._process is None else self._process.pid
+
     def stop(self) -> None:
         """Ask the agent process to exit, and terminate it if it does not."""
         process, control = self._process, self._control

@@ -104,7 +104,9 @@ def points_from_samples(
         key = (gpu_host, index, labels.get("UUID", ""), instance)
         gpu = gpus.get(key)
         if gpu is None:
-            tags = {"host": gpu_host, "index": index, "uuid": labels.get("UUID", ""), "name": labels.get("modelName", "")}
+            tags = {
+                "host": gpu_host, "index": index, "uuid": labels.get("UUID", ""), "name": labels.get("modelName", ""),
+            }
             if instance:
                 tags["gpu_instance_id"] = instance
                 if labels.get("GPU_I_PROFILE"):

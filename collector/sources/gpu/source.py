@@ -178,7 +178,7 @@ class GpuSource:
             up = 0
             points = []
         if self.process_table is not None:
-            await self.process_table.update(time_ns, processes)
+            self.process_table.update(time_ns, processes)
         health = Point(
             COLLECTOR_HEALTH,
             {"source": self.name, "target": self.host},

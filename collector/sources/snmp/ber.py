@@ -41,6 +41,8 @@ GET_BULK_REQUEST = 0xA5
 
 VERSION_1 = 0
 VERSION_2C = 1
+VERSION_3 = 3
+REPORT = 0xA8
 
 NOT_WRITABLE = 17
 """v2c error-status an agent answers a SET with when nothing is writable."""
@@ -246,16 +248,27 @@ def decode_message(data: bytes) -> Message:
 
 
 @dataclass(slots=True)
-class Response:
-    """A decoded v1/v2c message with decoded values: each varbind is (oid, value tag, value)."""
+class Pdu:
+    """A decoded PDU with decoded values: each varbind is (oid, value tag, value)."""
 
-    version: int
-    community: bytes
     pdu_type: int
     request_id: int
     error_status: int
     error_index: int
     varbinds: list[tuple[Oid, int, Value]]
+
+
+@dataclass(slots=True)
+class Response:
+    """A decoded v1/v2c message: its header and its :class:`Pdu`."""
+
+    version: int
+    community: bytes
+    pdu: Pdu
+
+    @property
+    def request_id(self) -> int:
+        return self.pdu.request_id
 
 
 _OID_CACHE: dict[bytes, Oid] = {}
@@ -275,35 +288,70 @@ def _long_length(data: bytes, pos: int, first: int) -> tuple[int, int]:
     return int.from_bytes(data[pos : pos + width], "big"), pos + width
 
 
+def read_integer(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The INTEGER at ``pos`` and the position after it."""
+    start, stop = _expect(data, pos, end, INTEGER)
+    if start == stop:
+        raise BerError(f"empty INTEGER at byte {pos}")
+    return int.from_bytes(data[start:stop], "big", signed=True), stop
+
+
+def read_octets(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Start and end of the OCTET STRING content at ``pos``."""
+    return _expect(data, pos, end, OCTET_STRING)
+
+
+def read_sequence(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """Start and end of the SEQUENCE content at ``pos``."""
+    return _expect(data, pos, end, SEQUENCE)
+
+
 def decode_response(data: bytes) -> Response:
     """Decode a v1/v2c message with its values; raises :class:`BerError` on anything malformed.
 
     The poller's hot path: about a microsecond per varbind where pyasn1 takes sixty.
     """
     try:
-        return _decode_response(data)
+        end = len(data)
+        start, stop = _expect(data, 0, end, SEQUENCE)
+        if stop != end:
+            raise BerError(f"{end - stop} bytes after the message")
+        version, pos = read_integer(data, start, stop)
+        cstart, cstop = _expect(data, pos, stop, OCTET_STRING)
+        return Response(version, data[cstart:cstop], _decode_pdu(data, cstop, stop))
     except IndexError:
         raise BerError("message ends in the middle of a TLV") from None
 
 
-def _decode_response(data: bytes) -> Response:
-    end = len(data)
-    start, stop = _expect(data, 0, end, SEQUENCE)
-    if stop != end:
-        raise BerError(f"{end - stop} bytes after the message")
-    vstart, vstop = _expect(data, start, stop, INTEGER)
-    version = int.from_bytes(data[vstart:vstop], "big", signed=True)
-    cstart, cstop = _expect(data, vstop, stop, OCTET_STRING)
-    community = data[cstart:cstop]
-    pdu_type, pstart, pstop = _read_tlv(data, cstop, stop)
-    numbers = []
-    pos = pstart
-    for _ in range(3):
-        istart, istop = _expect(data, pos, pstop, INTEGER)
-        if istart == istop:
-            raise BerError(f"empty INTEGER at byte {pos}")
-        numbers.append(int.from_bytes(data[istart:istop], "big", signed=True))
-        pos = istop
+def decode_pdu(data: bytes, pos: int, end: int) -> Pdu:
+    """Decode the PDU at ``pos`` (inside an SNMPv3 ScopedPDU, say); raises :class:`BerError`."""
+    try:
+        return _decode_pdu(data, pos, end)
+    except IndexError:
+        raise BerError("PDU ends in the middle of a TLV") from None
+
+
+def message_id(data: bytes) -> int | None:
+    """The id that pairs an answer with its request, from the first bytes of a message:
+    request-id for v1/v2c, msgID for SNMPv3; None when the bytes do not start like SNMP."""
+    try:
+        start, stop = _expect(data, 0, len(data), SEQUENCE)
+        version, pos = read_integer(data, start, stop)
+        if version == VERSION_3:
+            gstart, gstop = _expect(data, pos, stop, SEQUENCE)
+            return read_integer(data, gstart, gstop)[0]
+        _, pos = _expect(data, pos, stop, OCTET_STRING)
+        _, pstart, pstop = _read_tlv(data, pos, stop)
+        return read_integer(data, pstart, pstop)[0]
+    except (BerError, IndexError):
+        return None
+
+
+def _decode_pdu(data: bytes, pos: int, end: int) -> Pdu:
+    pdu_type, pstart, pstop = _read_tlv(data, pos, end)
+    request_id, pos = read_integer(data, pstart, pstop)
+    error_status, pos = read_integer(data, pos, pstop)
+    error_index, pos = read_integer(data, pos, pstop)
     pos, list_end = _expect(data, pos, pstop, SEQUENCE)
     cache = _OID_CACHE
     varbinds: list[tuple[Oid, int, Value]] = []
@@ -350,4 +398,4 @@ def _decode_response(data: bytes) -> Response:
         pos = value_end
     if pos != list_end:
         raise BerError("varbind list overruns its length")
-    return Response(version, community, pdu_type, numbers[0], numbers[1], numbers[2], varbinds)
+    return Pdu(pdu_type, request_id, error_status, error_index, varbinds)

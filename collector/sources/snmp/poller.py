@@ -50,11 +50,11 @@ BACKOFF_TOLERANCE = 0.05
 steady interval with some jitter, and a retry due in a millisecond should not wait a whole interval."""
 
 
-def _plain(column: str, value: ber.Value) -> FieldValue:
-    """A static column's value as a field: strings for the text columns, ints for the rest."""
+def _static_values(column: str, values: dict[Index, ber.Value]) -> dict[Index, FieldValue]:
+    """A static column's values as fields: strings for the text columns, ints for the rest (others dropped)."""
     if column in ifmib.STRING_COLUMNS:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return value if isinstance(value, int) else 0
+        return {index: value.decode("utf-8", "replace") for index, value in values.items() if isinstance(value, bytes)}
+    return {index: value for index, value in values.items() if isinstance(value, int)}
 
 
 @dataclass
@@ -82,18 +82,22 @@ class _TargetState:
 class SnmpSource:
     """Polls interface counters from SNMP agents; the ``snmp`` source.
 
-    ``use_pysnmp_for_v2c`` sends v2c through pysnmp instead of the built-in
-    codec: slower (about 60 µs per varbind instead of 1), for comparisons.
+    ``use_pysnmp_for_v2c`` and ``use_pysnmp_for_v3`` send those through
+    pysnmp instead of the built-in codec and USM: much slower (about 60 µs
+    per varbind instead of 1), for comparisons or to step around a problem.
+    SNMPv3 with DES, 3DES or AES keys that need extension always uses pysnmp.
     """
 
     name = "snmp"
 
-    def __init__(self, config: SnmpConfig, *, use_pysnmp_for_v2c: bool = False) -> None:
+    def __init__(
+        self, config: SnmpConfig, *, use_pysnmp_for_v2c: bool = False, use_pysnmp_for_v3: bool = False
+    ) -> None:
         self.config = config
         for target in config.targets:
             pysnmp_auth(target)  # refuses SNMPv3 privacy without 'cryptography' now, not at the first poll
         self.profiles: dict[str, VendorProfile] = load_profiles(config.profile_dirs)
-        self._client = SnmpClient(use_pysnmp_for_v2c=use_pysnmp_for_v2c)
+        self._client = SnmpClient(use_pysnmp_for_v2c=use_pysnmp_for_v2c, use_pysnmp_for_v3=use_pysnmp_for_v3)
         self._states = [_TargetState(target) for target in config.targets]
         self._slots = asyncio.Semaphore(config.concurrency)
 
@@ -155,7 +159,7 @@ class SnmpSource:
         state.retry_at = state.last_attempt + state.retry_delay
         state.session = None  # resolve the host again next time
         log.warning(
-            "snmp target %s (%s:%d): %s; %d failed polls in a row, next try in %.0f s",
+            "snmp target %s (%s:%d): %s (failure %d in a row); next try in %.0f s",
             target.name, target.host, target.port, problem, state.consecutive_failures, state.retry_delay,
         )
         return [self._health(state, time_ns, 0, duration, 0)]
@@ -175,6 +179,7 @@ class SnmpSource:
         if state.session is None:
             state.session = await self._client.session(target)
         session = state.session
+        requests, varbinds = session.requests, session.varbinds
         refresh = state.static is None or state.polls_since_static >= self.config.static_refresh_polls
         wanted = list(ifmib.DYNAMIC_COLUMNS)
         if state.octet_fallback:
@@ -211,10 +216,7 @@ class SnmpSource:
             state.discontinuity_absent = not result.columns[ifmib.DISCONTINUITY]
 
         if refresh:
-            state.static = {
-                column: {index: _plain(column, value) for index, value in result.columns[column].items()}
-                for column in _STATIC_WALK
-            }
+            state.static = {column: _static_values(column, result.columns[column]) for column in _STATIC_WALK}
             state.known_indexes = frozenset(rows)
             state.polls_since_static = 1
             sys_object_id = result.scalars.get("sysObjectID")
@@ -234,7 +236,8 @@ class SnmpSource:
         points = _interface_points(state, result, rows, uptime, time_ns)
         if state.tables:
             points += await self._profile_points(state, session, points, uptime, time_ns)
-        log.debug("snmp target %s: %d requests, %d varbinds", target.name, session.requests, session.varbinds)
+        log.debug("snmp target %s: %d requests, %d varbinds", target.name, session.requests - requests,
+                  session.varbinds - varbinds)
         return points
 
     async def _profile_points(
@@ -261,6 +264,8 @@ _STATIC_WALK = (*ifmib.STATIC_COLUMNS, ifmib.NAME_FALLBACK)
 """Walked together: ifDescr costs one column on refresh polls and names interfaces of agents without ifName."""
 
 _PER_POLL = (*ifmib.DYNAMIC_COLUMNS, ifmib.DISCONTINUITY)
+
+
 def _oids(columns: list[str] | tuple[str, ...]) -> dict[str, ifmib.Oid]:
     return {column: ifmib.COLUMNS[column] for column in columns}
 

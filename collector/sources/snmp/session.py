@@ -1,18 +1,19 @@
-"""GETBULK requests to SNMP agents: a fast v2c path of our own and pysnmp for SNMPv3.
+"""GETBULK requests to SNMP agents: a fast path of our own, and pysnmp where it is still needed.
 
 Profiling the pysnmp-only poller showed ~90% of its CPU in pyasn1 decoding
-(about 60 µs per varbind). SNMPv2c needs no security processing, so v2c
-targets go through :class:`V2cSession`: requests and responses are coded by
+(about 60 µs per varbind). So requests and answers are coded by
 :mod:`collector.sources.snmp.ber` (about 1 µs per varbind) and travel over one
 asyncio UDP socket per address family, shared by all targets, with answers
-matched to requests by request-id. SNMPv3 (USM authentication and privacy,
-engine discovery, time windows) stays with pysnmp's ``SnmpEngine`` through
-:class:`PysnmpSession`. Both sessions return the same plain varbinds, so
-everything above this module is the same for both.
+matched to requests by request-id (SNMPv3: msgID): :class:`V2cSession` for
+SNMPv2c, :class:`V3Session` for SNMPv3 with the protocols :mod:`usm` covers
+(HMAC-MD5/SHA/SHA-2 authentication, AES privacy). SNMPv3 with DES, 3DES or
+AES keys that need extension goes through pysnmp's ``SnmpEngine``
+(:class:`PysnmpSession`). All sessions return the same plain varbinds, so
+everything above this module is the same for all.
 
 :class:`SnmpClient` hands out sessions per target and owns the sockets and the
-engine; ``SnmpClient(use_pysnmp_for_v2c=True)`` sends v2c through pysnmp too,
-to compare the two paths.
+engine; ``use_pysnmp_for_v2c`` / ``use_pysnmp_for_v3`` send those through
+pysnmp instead, to compare the paths (or to step around a problem).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import importlib.util
 import itertools
 import random
 import socket
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pysnmp.hlapi.v3arch.asyncio import (
     USM_AUTH_HMAC96_MD5,
@@ -49,8 +50,9 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pyasn1.type import univ
 
-from collector.sources.snmp import ber
+from collector.sources.snmp import ber, usm
 from collector.sources.snmp.config import SnmpConfigError, SnmpTarget
+from collector.sources.snmp.usm import UsmError, UsmPeer, report_name
 
 Oid = tuple[int, ...]
 Varbind = tuple[Oid, int, ber.Value]
@@ -76,37 +78,58 @@ class Session(Protocol):
 
 
 class _Endpoint(asyncio.DatagramProtocol):
-    """One UDP socket; hands each well-formed response to the request waiting for its request-id."""
+    """One UDP socket; hands each datagram to the request waiting for its id (request-id, or SNMPv3 msgID).
+
+    The waiting request's ``open`` function checks and decodes the datagram in
+    place; anything it rejects (garbage, another community, a forged or stale
+    answer) is dropped, and the request keeps waiting until its timeout.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.waiting: dict[int, tuple[asyncio.Future[ber.Response], bytes]] = {}
+        self.waiting: dict[int, tuple[asyncio.Future, Callable[[bytes], object]]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
+        waiter = self.waiting.get(ber.message_id(data))  # type: ignore[arg-type]
+        if waiter is None or waiter[0].done():
+            return  # garbage, or a late answer to a request already answered or given up
+        future, open_answer = waiter
         try:
-            response = ber.decode_response(data)
-        except ber.BerError:
-            return  # garbage or a truncated datagram: the request times out and is retried
-        waiter = self.waiting.get(response.request_id)
-        if waiter is None:
-            return  # a late answer to a request already answered or given up
-        future, community = waiter
-        if (
-            future.done()
-            or response.pdu_type != ber.RESPONSE
-            or response.version != ber.VERSION_2C
-            or response.community != community
-        ):
+            future.set_result(open_answer(data))
+        except (ber.BerError, UsmError, _Rejected):
             return
-        future.set_result(response)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like arrive here without saying which request they
         # belong to; the request they concern times out.
         pass
+
+    async def exchange(
+        self, request_id: int, message: bytes, address: tuple, open_answer: Callable[[bytes], object],
+        timeout: float, retries: int,
+    ) -> object:
+        """Send ``message`` (again after each ``timeout``, ``retries`` times) until ``open_answer`` accepts an answer."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.waiting[request_id] = (future, open_answer)
+        try:
+            for _ in range(retries + 1):
+                assert self.transport is not None
+                self.transport.sendto(message, address)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), timeout)
+                except TimeoutError:
+                    continue
+            raise SnmpRequestError(f"no answer after {retries + 1} tries of {timeout:g} s")
+        finally:
+            del self.waiting[request_id]
+            future.cancel()
+
+
+class _Rejected(Exception):
+    """A datagram with the right id that is not the answer (another community, not a Response)."""
 
 
 class V2cSession:
@@ -124,6 +147,16 @@ class V2cSession:
         self.requests = 0
         self.varbinds = 0
 
+    def _open(self, data: bytes) -> ber.Pdu:
+        response = ber.decode_response(data)
+        if (
+            response.version != ber.VERSION_2C
+            or response.community != self._community
+            or response.pdu.pdu_type != ber.RESPONSE
+        ):
+            raise _Rejected
+        return response.pdu
+
     async def bulk(self, non_repeaters: int, max_repetitions: int, oids: list[Oid]) -> list[Varbind]:
         endpoint = await self._client._endpoint(self._family)
         request_id = self._client._next_request_id()
@@ -136,32 +169,77 @@ class V2cSession:
             max_repetitions,
             [ber.encode_oid(oid) for oid in oids],
         )
-        future: asyncio.Future[ber.Response] = asyncio.get_running_loop().create_future()
-        endpoint.waiting[request_id] = (future, self._community)
         try:
-            for _ in range(self._retries + 1):
-                assert endpoint.transport is not None
-                endpoint.transport.sendto(message, self._address)
-                try:
-                    response = await asyncio.wait_for(asyncio.shield(future), self._timeout)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                raise SnmpRequestError(
-                    f"no answer after {self._retries + 1} tries of {self._timeout:g} s"
-                    " (down, filtered, wrong community, or not SNMPv2c)"
-                )
-        finally:
-            del endpoint.waiting[request_id]
-            future.cancel()
+            pdu = await endpoint.exchange(request_id, message, self._address, self._open, self._timeout, self._retries)
+        except SnmpRequestError as exc:
+            raise SnmpRequestError(f"{exc} (down, filtered, wrong community, or not SNMPv2c)") from None
+        return self._count(pdu)  # type: ignore[arg-type]
+
+    def _count(self, pdu: ber.Pdu) -> list[Varbind]:
         self.requests += 1
-        if response.error_status:
-            raise SnmpRequestError(
-                f"agent answered {_error_name(response.error_status)} at varbind {response.error_index}"
+        if pdu.error_status:
+            raise SnmpRequestError(f"agent answered {_error_name(pdu.error_status)} at varbind {pdu.error_index}")
+        self.varbinds += len(pdu.varbinds)
+        return pdu.varbinds
+
+
+class V3Session(V2cSession):
+    """GETBULK over SNMPv3 with the built-in USM (:mod:`usm`) and BER codec; one per target.
+
+    ``peer`` holds the USM state: the agent's engine id, boots and time. An
+    agent that reports notInTimeWindow (its clock or boots moved) is answered
+    with the time from that report; one that reports unknownEngineID (a new
+    engine id: reinstalled or replaced) is discovered again; either way the
+    request goes out once more.
+    """
+
+    def __init__(
+        self, client: SnmpClient, address: tuple, family: int, peer: UsmPeer, timeout: float, retries: int
+    ) -> None:
+        super().__init__(client, address, family, b"", timeout, retries)
+        self.peer = peer
+
+    def _opener(self, request_id: int) -> Callable[[bytes], ber.Pdu]:
+        def open_answer(data: bytes) -> ber.Pdu:
+            pdu = self.peer.open(data)
+            if pdu.pdu_type not in (ber.RESPONSE, ber.REPORT) or (
+                pdu.pdu_type == ber.RESPONSE and pdu.request_id != request_id
+            ):
+                raise _Rejected
+            return pdu
+
+        return open_answer
+
+    async def _discover(self, endpoint: _Endpoint) -> None:
+        request_id = self._client._next_request_id()
+
+        def learn(data: bytes) -> bytes:
+            self.peer.learn_engine(data)
+            return data
+
+        probe = self.peer.discovery_request(request_id)
+        await endpoint.exchange(request_id, probe, self._address, learn, self._timeout, self._retries)
+
+    async def bulk(self, non_repeaters: int, max_repetitions: int, oids: list[Oid]) -> list[Varbind]:
+        endpoint = await self._client._endpoint(self._family)
+        oid_tlvs = [ber.encode_oid(oid) for oid in oids]
+        report = ""
+        for attempt in range(2):
+            if self.peer.engine is None:
+                await self._discover(endpoint)
+            request_id = self._client._next_request_id()
+            message = self.peer.request(request_id, ber.GET_BULK_REQUEST, non_repeaters, max_repetitions, oid_tlvs)
+            pdu: ber.Pdu = await endpoint.exchange(  # type: ignore[assignment]
+                request_id, message, self._address, self._opener(request_id), self._timeout, self._retries
             )
-        self.varbinds += len(response.varbinds)
-        return response.varbinds
+            if pdu.pdu_type == ber.RESPONSE:
+                return self._count(pdu)
+            report = report_name(pdu)
+            if report == "unknownEngineID":
+                self.peer.engine = None
+            elif report != "notInTimeWindow":
+                break
+        raise SnmpRequestError(f"agent reported {report}")
 
 
 def _error_name(status: int) -> str:
@@ -259,8 +337,9 @@ class SnmpClient:
     them; the client can be used again afterwards.
     """
 
-    def __init__(self, *, use_pysnmp_for_v2c: bool = False) -> None:
+    def __init__(self, *, use_pysnmp_for_v2c: bool = False, use_pysnmp_for_v3: bool = False) -> None:
         self.use_pysnmp_for_v2c = use_pysnmp_for_v2c
+        self.use_pysnmp_for_v3 = use_pysnmp_for_v3
         self._endpoints: dict[int, _Endpoint] = {}
         self._opening: dict[int, asyncio.Future[_Endpoint]] = {}
         self._engine: SnmpEngine | None = None
@@ -275,6 +354,9 @@ class SnmpClient:
         if target.version == "2c" and not self.use_pysnmp_for_v2c:
             family, address = await _resolve(target.host, target.port)
             return V2cSession(self, address, family, target.community.encode(), target.timeout, target.retries)
+        if target.version == "3" and usm.supported(target) and not self.use_pysnmp_for_v3:
+            family, address = await _resolve(target.host, target.port)
+            return V3Session(self, address, family, UsmPeer(target), target.timeout, target.retries)
         if self._engine is None:
             self._engine = SnmpEngine()
         auth = self._auth.get(target.name)

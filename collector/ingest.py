@@ -1,0 +1,204 @@
+"""The ingest service: deliveries from the bus into the store, acknowledged only once stored.
+
+Several ingest processes share the load: on brokers with MQTT 5 shared
+subscriptions (Mosquitto, EMQX, HiveMQ, VerneMQ) each subscribes to
+``$share/<group>/strandwatch/v1/#`` and the broker hands every message to one
+of them; elsewhere (NATS) each takes a fixed shard of the hosts' topics
+(``collector.transport.mqtt.shard_filters``).
+
+The loop gathers deliveries into a batch until it holds ``batch_points``
+points or ``batch_messages`` messages or ``linger_s`` passed since its first
+message, writes the batch to the store in one call and only then
+acknowledges its messages. A crash between receipt and write therefore
+loses nothing: the broker redelivers to the same session, and the second
+write overwrites the first (same series, field and timestamp).
+
+- The store failing (database away, disk full) stops the loop from taking
+  more; the batch is retried with exponential backoff until it is accepted,
+  and the broker holds everything behind it.
+- A batch the store refuses as invalid is retried message by message; a
+  message it still refuses is counted (``store_rejected``), logged and dropped.
+- Malformed messages never reach this loop: the subscription validates every
+  envelope, counts and drops the bad ones (see ``MqttSubscription.rejects``).
+
+Run it: ``python -m collector.ingest --config /etc/strandwatch/strandwatch.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from collector.bus import Delivery
+from collector.schema import Point
+
+__all__ = ["IngestService", "IngestStats", "PointWriter", "main"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (OSError, ConnectionError, TimeoutError, sqlite3.OperationalError)
+"""Store errors worth retrying: the store may accept the same batch later."""
+
+
+class PointWriter(Protocol):
+    """What ingest writes to: AsyncEmbeddedStore, AsyncInfluxWriter, or anything with this method."""
+
+    async def write(self, points: Iterable[Point]) -> int: ...
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    points: int = 0
+    batches: int = 0
+    write_retries: int = 0
+    store_rejected: int = 0
+    last_write_s: float = 0.0
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Malformed messages by kind (shared with the subscription's RejectCounter when it has one)."""
+
+
+class IngestService:
+    """Consumes ``deliveries`` into ``store`` in batches, acknowledging after each write."""
+
+    def __init__(
+        self,
+        deliveries: AsyncIterator[Delivery],
+        store: PointWriter,
+        *,
+        batch_points: int = 50_000,
+        batch_messages: int = 128,
+        linger_s: float = 0.25,
+        retry_min_s: float = 0.2,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        if batch_points < 1 or batch_messages < 1 or linger_s < 0:
+            raise ValueError("ingest: batch_points and batch_messages must be positive, linger_s not negative")
+        self.deliveries = deliveries
+        self.store = store
+        self.batch_points = batch_points
+        self.batch_messages = batch_messages
+        self.linger_s = linger_s
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.stats = IngestStats()
+        rejects = getattr(deliveries, "rejects", None)
+        if rejects is not None:
+            self.stats.rejected = rejects.counts
+
+    async def run(self) -> None:
+        """Consume until the deliveries end (the subscription closed) or the task is cancelled."""
+        iterator = aiter(self.deliveries)
+        pending: list[Delivery] = []
+        points = 0
+        deadline = 0.0
+        ended = False
+        while not ended:
+            timeout = None if not pending else max(0.0, deadline - time.monotonic())
+            try:
+                delivery = await asyncio.wait_for(anext(iterator), timeout)
+            except StopAsyncIteration:
+                ended = True
+            except TimeoutError:
+                pass
+            else:
+                if not pending:
+                    deadline = time.monotonic() + self.linger_s
+                pending.append(delivery)
+                points += len(delivery.points)
+                if points < self.batch_points and len(pending) < self.batch_messages:
+                    continue
+            if pending:
+                await self._write_and_ack(pending)
+                pending = []
+                points = 0
+
+    async def _write_and_ack(self, pending: list[Delivery]) -> None:
+        batch = [point for delivery in pending for point in delivery.points]
+        try:
+            await self._write(batch)
+        except _StoreRefused:
+            for delivery in pending:
+                try:
+                    await self._write(delivery.points)
+                except _StoreRefused as refused:
+                    self.stats.store_rejected += 1
+                    log.error("ingest: the store refused a message of %d points; dropped: %s",
+                              len(delivery.points), refused.__cause__)
+        for delivery in pending:
+            await delivery.ack()
+        self.stats.messages += len(pending)
+        self.stats.points += len(batch)
+        self.stats.batches += 1
+
+    async def _write(self, points: list[Point]) -> None:
+        delay = self.retry_min_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self.store.write(points)
+            except _TRANSIENT as error:
+                self.stats.write_retries += 1
+                log.warning("ingest: store write of %d points failed (%s); retrying in %.1f s", len(points), error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            except (ValueError, TypeError) as error:
+                raise _StoreRefused() from error
+            self.stats.last_write_s = time.monotonic() - started
+            return
+
+
+class _StoreRefused(Exception):
+    """The store said the points themselves are wrong: retrying the same batch cannot help."""
+
+
+async def serve(config_path: str) -> None:
+    """Run one ingest process from the service configuration until SIGTERM or SIGINT."""
+    from collector.config import load_config, open_writer
+    from collector.transport.mqtt import MqttSubscription
+
+    config = load_config(config_path)
+    writer = open_writer(config.store)
+    subscription = MqttSubscription(config.mqtt, config.ingest.filters(config.mqtt))
+    service = IngestService(
+        subscription,
+        writer,
+        batch_points=config.ingest.batch_points,
+        batch_messages=config.ingest.batch_messages,
+        linger_s=config.ingest.linger_s,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await subscription.start()
+    consuming = asyncio.create_task(service.run())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait((consuming, stopping), return_when=asyncio.FIRST_COMPLETED)
+    # Closing the subscription ends the deliveries; the loop writes and acks what it holds, then returns.
+    await subscription.close()
+    await consuming
+    stopping.cancel()
+    await writer.close()
+    log.info("ingest stopped: %s", service.stats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m collector.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the service configuration file (strandwatch.yaml)")
+    parser.add_argument("--log-level", default="INFO")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(arguments.config))
+
+
+if __name__ == "__main__":
+    main()
