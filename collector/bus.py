@@ -96,6 +96,17 @@ class Subscription:
             raise StopAsyncIteration
         return Delivery(item, self._queue.task_done)  # type: ignore[arg-type]
 
+    def next_ready(self) -> Delivery | None:
+        """The next delivery if one is already queued, else None: lets a consumer group writes."""
+        if self._ended or self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is _END:
+            self._ended = True
+            self._queue.task_done()
+            return None
+        return Delivery(item, self._queue.task_done)  # type: ignore[arg-type]
+
     def unsubscribe(self) -> None:
         """Stop receiving; batches still queued here are discarded, publishers no longer wait on it."""
         self._bus._subscriptions.discard(self)

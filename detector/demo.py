@@ -39,6 +39,7 @@ from detector.simulator import SimConfig, Simulation
 from detector.simulator.snmp_agent import SimulatedSwitchAgents
 
 DEFAULT_STORE = Path("strandwatch-data") / "demo.sqlite"
+TOP_ROWS = 10
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 async def _collect(simulation: Simulation, store_path: Path, export: Path | None, console: Console) -> int:
     """Runs the scenario through the real sources, bus and store; returns the points stored."""
-    workdir = Path(tempfile.mkdtemp(prefix="strandwatch-demo-"))
+    shared_memory = Path("/dev/shm")
+    workdir = Path(tempfile.mkdtemp(prefix="strandwatch-demo-", dir=shared_memory if shared_memory.is_dir() else None))
     bus = InProcessBus()
     consumers = [asyncio.create_task(_store_batches(bus.subscribe(), store_path))]
     if export is not None:
@@ -136,11 +138,18 @@ async def _collect(simulation: Simulation, store_path: Path, export: Path | None
 
 
 async def _store_batches(subscription: Subscription, store_path: Path) -> int:
+    """Writes what is queued in one transaction (one fsync), then acknowledges it."""
     stored = 0
     with EmbeddedStore(store_path) as store:
-        async for delivery in subscription:
-            stored += await asyncio.to_thread(store.write, delivery.points)
-            await delivery.ack()
+        async for first in subscription:
+            deliveries = [first]
+            while (delivery := subscription.next_ready()) is not None:
+                deliveries.append(delivery)
+            points = [point for delivery in deliveries for point in delivery.points]
+            await asyncio.to_thread(store.write, points)
+            stored += len(points)
+            for delivery in deliveries:
+                await delivery.ack()
     return stored
 
 
@@ -168,11 +177,13 @@ def _report(console: Console, simulation: Simulation, result: DetectionResult, a
     breakdown = result.network_breakdown(simulation.topology)
     for key, title in (("job", "Network loss by job"), ("link", "Network loss by link"),
                        ("switch", "Network loss by switch")):
-        table = Table(title=title)
+        rows = list(breakdown[key].items())
+        shown = rows[:TOP_ROWS]
+        table = Table(title=title, caption=f"and {len(rows) - len(shown)} more" if len(rows) > len(shown) else None)
         table.add_column(key)
         table.add_column("GPU-h lost", justify="right")
         table.add_column("$ lost", justify="right")
-        for name, row in breakdown[key].items():
+        for name, row in shown:
             table.add_row(name, f"{row['gpu_seconds_lost'] / 3600:.2f}", f"{row['dollars_lost']:,.2f}")
         console.print(table)
 

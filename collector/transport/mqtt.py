@@ -210,6 +210,9 @@ class _Reconnector:
         self._delay = self.settings.reconnect_min_s
         self._attempt -= 1  # stay with the broker that works
 
+    def tried_all(self) -> bool:
+        return self._attempt >= len(self.settings.brokers)
+
     async def wait(self) -> None:
         """Back off after a failed connection or a lost one; the full delay only after a round of all brokers."""
         if self._attempt % len(self.settings.brokers) == 0:
@@ -253,14 +256,17 @@ class MqttPublisher:
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reconnector = _Reconnector(settings, consumer=False)
+        self._first_attempt = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._client is not None
 
     async def start(self) -> None:
+        """Start connecting; returns after the first attempt at each broker, connected or not."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="mqtt-publisher")
+            await self._first_attempt.wait()
 
     async def __aenter__(self) -> MqttPublisher:
         await self.start()
@@ -314,8 +320,7 @@ class MqttPublisher:
         if self._task is None or self._closing.is_set():
             self._closing.set()
             return
-        if self._client is not None:
-            await self.flush(drain_timeout)
+        await self.flush(drain_timeout)
         self._closing.set()
         await self._task
 
@@ -334,6 +339,7 @@ class MqttPublisher:
                     log.info("MQTT publisher connected to %s:%s", client._hostname, client._port)
                     self._lost.clear()
                     self._client = client
+                    self._first_attempt.set()
                     await self._replay(client)
                     closing = asyncio.create_task(self._closing.wait())
                     lost = asyncio.create_task(self._lost.wait())
@@ -344,6 +350,8 @@ class MqttPublisher:
             except aiomqtt.MqttError as error:
                 self._connection_lost(error)
                 log.debug("MQTT publisher: %s:%s: %s", client._hostname, client._port, error)
+            if self._reconnector.tried_all():
+                self._first_attempt.set()
             if not self._closing.is_set():
                 await self._wait_or_close()
 

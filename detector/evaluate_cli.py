@@ -1,0 +1,375 @@
+"""``strandwatch evaluate``: the detector against the simulator's ground truth, over many scenarios.
+
+    strandwatch evaluate [--quick] [--scenario NAME ...] [--workers N] [--format table|json] [--list]
+
+runs seeded simulator scenarios of different shapes (cluster sizes, leaves and
+spines, NICs per host, GPU models, sampling intervals, job mixes, each kind of
+network trouble alone, each confounder alone, a switch reboot), detects each
+one with the same ``detect`` the offline command uses, and scores it with
+:func:`detector.evaluation.evaluate`. Per scenario and over all of them it
+prints:
+
+- episode precision, recall and F1 (a detected network episode matches a true
+  one when both name the same job and overlap in time);
+- root-cause link accuracy (the first blamed link is one of the true links);
+- the network dollar error against the truth;
+- on confounder-only scenarios (no network trouble injected), the dollars
+  charged to the network as a share of what the confounders really cost.
+
+Goals (the issue's): F1 >= 0.95, link accuracy >= 0.95, |dollar error| <= 5%
+(over all scenarios together and in each scenario with network loss of at
+least ``MIN_DOLLARS_FOR_ERROR``), confounder false dollars <= 1%. Exit status 0
+when every goal is met, 1 when one is missed, 2 for bad arguments.
+
+Scenarios run straight through ``simulate()`` (no sockets), in parallel worker
+processes; the default set takes a few minutes on two cores, ``--quick`` well
+under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, Sequence, TextIO
+
+from detector.simulator.config import CONFOUNDERS, SimConfig
+
+GOAL_F1 = 0.95
+GOAL_LINK_ACCURACY = 0.95
+GOAL_DOLLAR_ERROR = 0.05
+GOAL_CONFOUNDER_FALSE_SHARE = 0.01
+MIN_DOLLARS_FOR_ERROR = 2.0
+"""A scenario's own dollar error is held to the goal only when its true network loss is at least this much:
+a few cents of truth make any relative error meaningless."""
+
+MIXED = "mixed"
+NETWORK_ONLY = "network"
+CONFOUNDER_ONLY = "confounder"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One seeded simulator run and what it is there to check."""
+
+    name: str
+    config: SimConfig
+    kind: str
+    """``mixed`` (every event kind), ``network`` (network trouble only) or ``confounder`` (no network trouble)."""
+    about: str
+
+
+def _hours(value: float) -> timedelta:
+    return timedelta(hours=value)
+
+
+def default_scenarios() -> list[Scenario]:
+    """The full set: shapes, then each network kind alone, then each confounder alone."""
+    base = SimConfig()
+    scenarios = [
+        Scenario("default", base, MIXED, "8 hosts x 8 H100, 2 leaves, 2 spines, 3 h at 30 s"),
+        Scenario("seed-2-reboot", base.with_(seed=2, switch_reboot=True), MIXED, "another seed, a switch reboots"),
+        Scenario("seed-3-reboot", base.with_(seed=3, switch_reboot=True), MIXED, "another seed, a switch reboots"),
+        Scenario("interval-10s", base.with_(seed=4, interval_s=10, duration=_hours(1.5)), MIXED,
+                 "10 s sampling"),
+        Scenario("interval-60s", base.with_(seed=5, interval_s=60, duration=_hours(4)), MIXED, "60 s sampling"),
+        Scenario("large-4-leaves", base.with_(seed=6, hosts=32, leaves=4, duration=_hours(2)), MIXED,
+                 "32 hosts (256 GPUs), 4 leaves"),
+        Scenario("3-leaves-3-spines", base.with_(seed=7, hosts=12, leaves=3, spines=3, uplinks_per_leaf=6),
+                 MIXED, "3 leaves, 3 spines, 6 uplinks per leaf"),
+        Scenario("2-nics-per-host", base.with_(seed=8, nics_per_host=2), MIXED, "8 GPUs share 2 NICs per host"),
+        Scenario("a100-4-gpus", base.with_(seed=9, gpu_model="A100", gpus_per_host=4, nics_per_host=4), MIXED,
+                 "A100, 4 GPUs and 4 NICs per host"),
+        Scenario("h200-short-jobs", base.with_(seed=10, gpu_model="H200", job_mean_hours=1.0), MIXED,
+                 "H200, jobs end and restart often"),
+        Scenario("b200-16-hosts", base.with_(seed=11, gpu_model="B200", hosts=16, leaves=2, spines=4), MIXED,
+                 "B200, 16 hosts, 4 spines"),
+    ]
+    network_kinds = ("congestion/ecmp_collision", "congestion/oversubscription", "link_degradation", "pfc_storm")
+    for offset, kind in enumerate(network_kinds):
+        scenarios.append(Scenario(f"only-{kind.split('/')[-1]}", base.with_(seed=20 + offset, event_kinds=(kind,)),
+                                  NETWORK_ONLY, f"{kind} events only (checkpoints on top)"))
+    for offset, kind in enumerate(("input_stall", "slow_host", "hung_job")):
+        scenarios.append(Scenario(f"only-{kind}", base.with_(seed=30 + offset, event_kinds=(kind,),
+                                                             checkpoints=False),
+                                  CONFOUNDER_ONLY, f"{kind} events only, no checkpoints"))
+    scenarios.append(Scenario("only-checkpoint", base.with_(seed=33, events=False), CONFOUNDER_ONLY,
+                              "periodic checkpoints only"))
+    scenarios.append(Scenario("only-confounders", base.with_(
+        seed=34, event_kinds=tuple(kind for kind in CONFOUNDERS if kind != "checkpoint"), switch_reboot=True),
+        CONFOUNDER_ONLY, "every confounder, checkpoints, a switch reboot"))
+    return scenarios
+
+
+def quick_scenarios() -> list[Scenario]:
+    """A small set for tests: one mixed, one network-only and one confounder-only scenario, 1 h each."""
+    base = SimConfig(duration=_hours(1.5))
+    return [
+        Scenario("quick-mixed", base.with_(seed=1, switch_reboot=True), MIXED, "default shape, 1.5 h, a reboot"),
+        Scenario("quick-congestion", base.with_(seed=21, hosts=6, nics_per_host=4,
+                                                event_kinds=("congestion/oversubscription", "pfc_storm")),
+                 NETWORK_ONLY, "6 hosts, 4 NICs each, oversubscription and PFC storms"),
+        Scenario("quick-confounders", base.with_(seed=34, event_kinds=("input_stall", "slow_host", "hung_job")),
+                 CONFOUNDER_ONLY, "every confounder"),
+    ]
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    """One scenario's scores, with the counts needed to pool them."""
+
+    name: str
+    kind: str
+    about: str
+    gpus: int
+    intervals: int
+    true_episodes: int
+    detected_episodes: int
+    matched_detected: int
+    matched_true: int
+    link_hits: int
+    precision: float
+    recall: float
+    f1: float
+    link_accuracy: float | None
+    true_dollars: float
+    detected_dollars: float
+    dollar_error: float | None
+    false_network_dollars: float
+    """Network dollars charged where the truth had none (all of them on a confounder-only scenario)."""
+    confounder_dollars: float
+    """What the confounders truly cost (their GPU time at the job's price)."""
+    confounders_blamed_on_network: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def confounder_false_share(self) -> float | None:
+        return self.false_network_dollars / self.confounder_dollars if self.confounder_dollars > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["confounder_false_share"] = self.confounder_false_share
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in data.items()}
+
+
+def run_scenario(scenario: Scenario) -> ScenarioResult:
+    """Simulate, detect and score one scenario."""
+    from collector.frames import points_to_frames
+    from detector.detect import detect
+    from detector.evaluation import evaluate, is_network_cause
+    from detector.simulator import simulate
+
+    seconds = {}
+    began = time.perf_counter()
+    points, sim = simulate(scenario.config)
+    seconds["simulate"] = time.perf_counter() - began
+    began = time.perf_counter()
+    frames = points_to_frames(points)
+    del points
+    seconds["frames"] = time.perf_counter() - began
+    began = time.perf_counter()
+    result = detect(frames, sim.topology, sim.allocations)
+    seconds["detect"] = time.perf_counter() - began
+    truth = sim.ground_truth.episodes
+    accuracy = evaluate(result, truth, sim.topology, sim.allocations)
+
+    models = {a.job: sim.topology.hosts[a.host].gpu_model for a in sim.allocations if a.host in sim.topology.hosts}
+    confounder_dollars = sum(t.gpu_seconds_lost / 3600 * result.prices.gpu_hour(models.get(t.job, ""))
+                             for t in truth if not is_network_cause(t.cause))
+    false_dollars = accuracy.false_network_dollars
+    if scenario.kind == CONFOUNDER_ONLY or accuracy.true_dollars == 0:
+        false_dollars = accuracy.detected_dollars
+    matched = accuracy.matched_detected
+    return ScenarioResult(
+        name=scenario.name, kind=scenario.kind, about=scenario.about,
+        gpus=scenario.config.hosts * scenario.config.gpus_per_host, intervals=scenario.config.steps,
+        true_episodes=accuracy.true_episodes, detected_episodes=accuracy.detected_episodes,
+        matched_detected=matched, matched_true=accuracy.matched_true,
+        link_hits=round((accuracy.link_accuracy or 0.0) * matched),
+        precision=accuracy.precision, recall=accuracy.recall, f1=accuracy.f1, link_accuracy=accuracy.link_accuracy,
+        true_dollars=accuracy.true_dollars, detected_dollars=accuracy.detected_dollars,
+        dollar_error=accuracy.dollar_error, false_network_dollars=false_dollars,
+        confounder_dollars=confounder_dollars,
+        confounders_blamed_on_network=accuracy.confounders_blamed_on_network, seconds=seconds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """All scenarios pooled: episodes and dollars added up, then the ratios."""
+
+    scenarios: int
+    precision: float
+    recall: float
+    f1: float
+    link_accuracy: float | None
+    dollar_error: float | None
+    worst_dollar_error: float | None
+    """The largest |error| of a scenario with at least MIN_DOLLARS_FOR_ERROR of true network loss (signed)."""
+    confounder_false_share: float | None
+    """False network dollars over the confounders' cost, on confounder-only scenarios."""
+    confounders_blamed_on_network: int
+    goals: dict[str, bool]
+
+    @property
+    def met(self) -> bool:
+        return all(self.goals.values())
+
+
+def summarize(results: Sequence[ScenarioResult]) -> Summary:
+    detected = sum(r.detected_episodes for r in results)
+    matched_detected = sum(r.matched_detected for r in results)
+    true = sum(r.true_episodes for r in results)
+    matched_true = sum(r.matched_true for r in results)
+    precision = matched_detected / detected if detected else (1.0 if not true else 0.0)
+    recall = matched_true / true if true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    link_accuracy = sum(r.link_hits for r in results) / matched_detected if matched_detected else None
+    true_dollars = sum(r.true_dollars for r in results)
+    error = (sum(r.detected_dollars for r in results if r.true_dollars > 0) - true_dollars) / true_dollars \
+        if true_dollars > 0 else None
+    errors = [r.dollar_error for r in results if r.dollar_error is not None and r.true_dollars >= MIN_DOLLARS_FOR_ERROR]
+    worst = max(errors, key=abs) if errors else None
+    confounder_runs = [r for r in results if r.kind == CONFOUNDER_ONLY]
+    confounder_cost = sum(r.confounder_dollars for r in confounder_runs)
+    false_share = sum(r.false_network_dollars for r in confounder_runs) / confounder_cost \
+        if confounder_cost > 0 else None
+    goals = {
+        f"F1 >= {GOAL_F1:.0%}": f1 >= GOAL_F1,
+        f"link accuracy >= {GOAL_LINK_ACCURACY:.0%}": link_accuracy is None or link_accuracy >= GOAL_LINK_ACCURACY,
+        f"|dollar error| <= {GOAL_DOLLAR_ERROR:.0%} (pooled and per scenario)":
+            (error is None or abs(error) <= GOAL_DOLLAR_ERROR) and (worst is None or abs(worst) <= GOAL_DOLLAR_ERROR),
+        f"confounder false dollars <= {GOAL_CONFOUNDER_FALSE_SHARE:.0%}":
+            false_share is None or false_share <= GOAL_CONFOUNDER_FALSE_SHARE,
+    }
+    return Summary(len(results), precision, recall, f1, link_accuracy, error, worst, false_share,
+                   sum(r.confounders_blamed_on_network for r in results), goals)
+
+
+def evaluate_scenarios(
+    scenarios: Sequence[Scenario], workers: int = 1,
+    on_result: Callable[[ScenarioResult], None] | None = None,
+) -> list[ScenarioResult]:
+    """Run the scenarios (in ``workers`` processes when more than one), in the given order."""
+    results: dict[str, ScenarioResult] = {}
+    if workers <= 1 or len(scenarios) <= 1:
+        for scenario in scenarios:
+            results[scenario.name] = result = run_scenario(scenario)
+            if on_result:
+                on_result(result)
+    else:
+        # Largest first, so a big scenario does not start last and hold up the end.
+        ordered = sorted(scenarios, key=lambda s: -s.config.steps * s.config.hosts * s.config.gpus_per_host)
+        with ProcessPoolExecutor(max_workers=min(workers, len(scenarios))) as pool:
+            futures = [pool.submit(run_scenario, scenario) for scenario in ordered]
+            for future in as_completed(futures):
+                result = future.result()
+                results[result.name] = result
+                if on_result:
+                    on_result(result)
+    return [results[scenario.name] for scenario in scenarios]
+
+
+# Command line -----------------------------------------------------------------------------------
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` subcommand's options."""
+    parser.add_argument("--quick", action="store_true", help="a small set of 3 short scenarios (for tests)")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help="run only this scenario (repeatable; see --list)")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="scenarios run in parallel (default: the number of CPUs)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+
+
+def run_evaluate(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run ``evaluate`` for parsed arguments; print per-scenario and pooled scores; return the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    available = quick_scenarios() if args.quick else default_scenarios()
+    if args.list:
+        for scenario in available:
+            out.write(f"{scenario.name:20} {scenario.kind:10} {scenario.about}\n")
+        return 0
+    scenarios = available
+    if args.scenario:
+        by_name = {scenario.name: scenario for scenario in [*default_scenarios(), *quick_scenarios()]}
+        unknown = [name for name in args.scenario if name not in by_name]
+        if unknown:
+            print(f"strandwatch evaluate: error: unknown scenario(s) {', '.join(unknown)} "
+                  f"(known: {', '.join(by_name)})", file=err)
+            return 2
+        scenarios = [by_name[name] for name in dict.fromkeys(args.scenario)]
+    if args.workers < 1:
+        print(f"strandwatch evaluate: error: --workers must be >= 1, got {args.workers}", file=err)
+        return 2
+
+    began = time.perf_counter()
+
+    def progress(result: ScenarioResult) -> None:
+        if args.format == "table":
+            print(f"  done {result.name} ({sum(result.seconds.values()):.0f} s)", file=err, flush=True)
+
+    results = evaluate_scenarios(scenarios, args.workers, progress)
+    summary = summarize(results)
+    elapsed = time.perf_counter() - began
+    if args.format == "json":
+        json.dump({"scenarios": [r.to_dict() for r in results],
+                   "summary": {**{key: (round(value, 4) if isinstance(value, float) else value)
+                                  for key, value in asdict(summary).items()}, "met": summary.met},
+                   "seconds": round(elapsed, 1)}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_table(results, summary, elapsed))
+    return 0 if summary.met else 1
+
+
+def format_table(results: Sequence[ScenarioResult], summary: Summary, elapsed: float) -> str:
+    def pct(value: float | None, signed: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{value:+.1%}" if signed else f"{value:.0%}"
+
+    header = ("scenario", "kind", "GPUs", "true", "found", "prec", "recall", "F1", "links", "true $", "found $",
+              "$ error", "false $", "conf $", "s")
+    rows = []
+    for r in results:
+        rows.append((r.name, r.kind, str(r.gpus), str(r.true_episodes), str(r.detected_episodes), pct(r.precision),
+                     pct(r.recall), pct(r.f1), pct(r.link_accuracy), f"{r.true_dollars:.2f}",
+                     f"{r.detected_dollars:.2f}", pct(r.dollar_error, True), f"{r.false_network_dollars:.2f}",
+                     f"{r.confounder_dollars:.2f}", f"{sum(r.seconds.values()):.0f}"))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             .rstrip() for row in [header, *rows]]
+    lines.append("")
+    lines.append(f"all {summary.scenarios} scenarios ({elapsed:.0f} s):")
+    lines.append(f"  episode precision {pct(summary.precision)}, recall {pct(summary.recall)}, "
+                 f"F1 {summary.f1:.1%}")
+    lines.append(f"  root-cause link accuracy {'-' if summary.link_accuracy is None else f'{summary.link_accuracy:.1%}'}")
+    lines.append(f"  network dollar error {pct(summary.dollar_error, True)} pooled, "
+                 f"worst scenario {pct(summary.worst_dollar_error, True)}")
+    share = summary.confounder_false_share
+    lines.append(f"  confounder-only scenarios: false network dollars "
+                 f"{'-' if share is None else f'{share:.2%}'} of the confounders' cost, "
+                 f"{summary.confounders_blamed_on_network} confounder episodes blamed on the network (all scenarios)")
+    for goal, met in summary.goals.items():
+        lines.append(f"  goal {goal}: {'met' if met else 'MISSED'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detector.evaluate_cli``: the evaluate command on its own."""
+    parser = argparse.ArgumentParser(prog="strandwatch evaluate", description=__doc__.split("\n")[0])
+    add_evaluate_arguments(parser)
+    return run_evaluate(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
