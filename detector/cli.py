@@ -26,6 +26,7 @@ Start here:
 
 def build_parser() -> argparse.ArgumentParser:
     from collector import agent
+    from collector.sources.snmp import cli as snmp_cli
     from detector import demo, offline
 
     parser = argparse.ArgumentParser(
@@ -55,6 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_agent_arguments(agent_parser)
     agent_parser.set_defaults(handler=agent.run_agent_command)
+
+    collect_parser = commands.add_parser("collect", help="run one central collector (SNMP switch poller)")
+    collectors = collect_parser.add_subparsers(dest="collector", metavar="SOURCE")
+    collectors.required = True
+    snmp_parser = collectors.add_parser(
+        "snmp", help="poll switches over SNMP and print their counters as line protocol",
+        description="Poll the switches of an SNMP configuration (see collector/sources/snmp/sample.yaml) "
+                    "and print each poll as line protocol; --once polls once.",
+    )
+    snmp_cli.add_collect_snmp_arguments(snmp_parser)
+    snmp_parser.set_defaults(handler=snmp_cli.run_collect_snmp)
+
+    topology_parser = commands.add_parser("topology", help="build the topology file")
+    topology_commands = topology_parser.add_subparsers(dest="topology_command", metavar="ACTION")
+    topology_commands.required = True
+    discover_parser = topology_commands.add_parser(
+        "discover", help="write a topology file from the switches' LLDP tables",
+        description="Walk the LLDP tables of the switches of an SNMP configuration and write a topology "
+                    "file in the format of docs/detect.md.",
+    )
+    snmp_cli.add_topology_discover_arguments(discover_parser)
+    discover_parser.set_defaults(handler=snmp_cli.run_topology_discover)
     return parser
 
 

@@ -107,11 +107,11 @@ def test_batch_source_and_shards():
 # --- spool --------------------------------------------------------------------
 
 def test_spool_is_bounded_drops_oldest_and_replays_in_order(tmp_path):
-    spool = Spool(tmp_path / "spool", max_bytes=10 * 110)
+    spool = Spool(tmp_path / "spool", max_bytes=10 * 111)
     for number in range(15):
         spool.put("topic/a", bytes([number]) * 100)
-    assert len(spool) == 10 and spool.dropped == 5 and spool.bytes <= 1100
-    reopened = Spool(tmp_path / "spool", max_bytes=10 * 110)  # a restarted process finds the same queue
+    assert len(spool) == 10 and spool.dropped == 5 and spool.bytes == 1110
+    reopened = Spool(tmp_path / "spool", max_bytes=10 * 111)  # a restarted process finds the same queue
     assert len(reopened) == 10
     seen = []
     while entries := reopened.peek(3):
