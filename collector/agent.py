@@ -22,7 +22,9 @@ GPUs or the NVML library says so once after the first poll and keeps polling
 what it has. Batches go to a :class:`collector.bus.Bus`.
 
 The first SIGTERM or SIGINT lets the current poll finish and be published,
-then the agent stops; a second one stops it at once.
+then the agent stops; a second one stops it at once (the handling is
+:mod:`collector.service.signals`). SIGHUP re-reads the configuration file and
+swaps the sources between two polls.
 
 ``strandwatch agent --config FILE --once --output -`` prints one sample as
 line protocol; without ``--once`` it prints every poll until stopped.
@@ -35,13 +37,12 @@ import asyncio
 import logging
 import math
 import os
-import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import yaml
 
@@ -49,6 +50,8 @@ from collector.bus import Bus, InProcessBus, Subscription
 from collector.lineprotocol import encode
 from collector.runner import poll_sources
 from collector.schema import COLLECTOR_HEALTH, Point
+from collector.service.reload import SourceSet
+from collector.service.signals import EXIT_FORCED, ForcedExit, ShutdownSignals
 from collector.sources.base import Source
 from collector.sources.dcgm import DcgmSource
 from collector.sources.ethtool import EthtoolSource
@@ -262,16 +265,13 @@ def run_agent_once(
     return asyncio.run(once())
 
 
-class ForcedExit(Exception):
-    """A second stop signal arrived while the agent was finishing its last poll."""
-
-
 async def run_agent(
     config: AgentConfig,
     bus: Bus,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     sources: Sequence[Source] | None = None,
+    reload: Callable[[], Sequence[Source]] | None = None,
 ) -> int:
     """Poll every ``config.interval_s`` and publish each batch on ``bus`` until ``stop`` is set.
 
@@ -281,40 +281,23 @@ async def run_agent(
     by the first SIGTERM or SIGINT when ``handle_signals`` (the current poll
     finishes and is published, then the sources are closed); a second signal
     raises :class:`ForcedExit` at once, without waiting for the sources.
-    Returns the number of polls made.
+    With ``reload``, SIGHUP rebuilds the sources from it before the next poll
+    (see :class:`collector.service.SourceSet`). Returns the number of polls made.
     """
     agent = Agent(config, sources)
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    forced = False
-    installed: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        nonlocal forced
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            log.warning("agent: second %s: stopping now", name)
-            forced = True
-            if task is not None:
-                task.cancel()
-        else:
-            log.info("agent: %s: finishing the current poll, then stopping (again to stop now)", name)
-            stop.set()
-
+    source_set = SourceSet(agent.sources, reload or (lambda: agent.sources), "agent")
+    signals = ShutdownSignals(
+        "agent", "finishing the current poll, then stopping", stop, source_set.request if reload else None
+    )
+    stop = signals.stop
     if handle_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, on_signal, signum)
-                installed.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):
-                log.debug("agent: cannot handle %s here (not the main thread)", signal.Signals(signum).name)
+        signals.install()
 
     async def finish() -> None:
         try:
             await agent.close()
         except asyncio.CancelledError:
-            if forced:
+            if signals.forced:
                 raise ForcedExit("stopped by a second signal") from None
             raise
 
@@ -330,6 +313,8 @@ async def run_agent(
                     break
                 except TimeoutError:
                     pass
+            if await source_set.apply_pending():
+                agent.sources = source_set.sources
             for batch in await agent.poll(tick):
                 await bus.publish(batch)
             polls += 1
@@ -340,7 +325,7 @@ async def run_agent(
                 log.warning("agent: a poll took longer than the interval; skipping %d poll(s)", missed)
                 tick += missed * interval_ns
     except asyncio.CancelledError:
-        if forced:
+        if signals.forced:
             raise ForcedExit("stopped by a second signal") from None
         await finish()
         raise
@@ -350,8 +335,7 @@ async def run_agent(
     else:
         await finish()
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        signals.uninstall()
     return polls
 
 
@@ -376,10 +360,29 @@ async def _write_deliveries(subscription: Subscription, output: TextIO) -> None:
         await delivery.ack()
 
 
-async def _serve(config: AgentConfig, sources: list[Source], output: TextIO) -> int:
+def _reloader(args: argparse.Namespace, running: AgentConfig) -> Callable[[], list[Source]] | None:
+    """SIGHUP: the sources of the configuration file as it reads now (the host and interval stay)."""
+    if not args.config:
+        return None
+
+    def rebuild() -> list[Source]:
+        fresh = load_config(args.config)
+        fresh.host = running.host
+        if fresh.interval_s != running.interval_s:
+            log.warning("agent: interval_s changed to %g s in %s; it applies after a restart",
+                        fresh.interval_s, args.config)
+        fresh.interval_s = running.interval_s
+        return build_sources(fresh)
+
+    return rebuild
+
+
+async def _serve(
+    config: AgentConfig, sources: list[Source], output: TextIO, reload: Callable[[], list[Source]] | None
+) -> int:
     bus = InProcessBus()
     writer = asyncio.create_task(_write_deliveries(bus.subscribe(), output))
-    polls = await run_agent(config, bus, sources=sources)
+    polls = await run_agent(config, bus, sources=sources, reload=reload)
     await bus.close()
     await writer
     return polls
@@ -389,7 +392,8 @@ def run_agent_command(args: argparse.Namespace) -> int:
     """``strandwatch agent``: 0 when stopped by a signal or after ``--once``, 2 for a bad configuration.
 
     A second stop signal ends the process at once (exit status 130) without
-    waiting for sources that may be stuck in a driver call.
+    waiting for sources that may be stuck in a driver call. SIGHUP re-reads
+    ``--config`` and rebuilds the sources between two polls.
     """
     try:
         config = load_config(args.config) if args.config else parse_config({}, "<defaults>")
@@ -406,10 +410,10 @@ def run_agent_command(args: argparse.Namespace) -> int:
             return 0
         loop = asyncio.new_event_loop()
         try:
-            loop.run_until_complete(_serve(config, sources, output))
+            loop.run_until_complete(_serve(config, sources, output, _reloader(args, config)))
         except ForcedExit:
             output.flush()
-            os._exit(130)
+            os._exit(EXIT_FORCED)
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
         return 0

@@ -237,7 +237,7 @@ def _store(section: _Section) -> StoreConfig:
     retention_days = section.number("retention_days", 30.0, minimum=0.0)
     rollups = []
     for position, rollup in enumerate(section.list("rollups", [])):
-        item = _Section(rollup, section.source, f"{section.prefix}rollups[{position}]")
+        item = _Section(rollup, section.source, f"{section.prefix}rollups[{position}].")
         resolution = item.duration("resolution", None)
         if resolution is None:
             raise item.error("resolution", "missing; e.g. 1m or 1h")

@@ -21,7 +21,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 if [ "$want_tests" = 1 ]; then
-  debian_packages=(snmpd snmp snmpsim ethtool iproute2 procps)
+  debian_packages=(snmpd snmp snmpsim ethtool iproute2 procps mosquitto influxdb victoria-metrics chromium poppler-utils)
   missing=()
   for package in "${debian_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -32,9 +32,11 @@ if [ "$want_tests" = 1 ]; then
     echo "install.sh: installing Debian packages: ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts snmpd on port 161 after installing it; the tests run their own.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet snmpd 2>/dev/null; then
-      $sudo systemctl stop snmpd || true
+    # Debian starts some of these as system services; the tests run their own on free ports.
+    if command -v systemctl >/dev/null 2>&1; then
+      for service in snmpd mosquitto influxdb victoria-metrics; do
+        systemctl is-active --quiet "$service" 2>/dev/null && { $sudo systemctl stop "$service" || true; }
+      done
     fi
   fi
 fi

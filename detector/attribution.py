@@ -102,6 +102,8 @@ class AttributionSettings:
     straggler_gap: float = 0.15
     """A host this much busier (against its own healthy level) than the job's other hosts, while they wait,
     is a straggler."""
+    fed_share: float = 0.9
+    """Utilization at least this share of its healthy (top) level: the host fed the GPUs in that interval."""
     min_baseline_intervals: int = 3
     min_fit_intervals: int = 8
     """Clean-path intervals needed to fit the idle-to-loss map, with some idle time among them."""
@@ -217,12 +219,17 @@ def _attribute_job(
     frame["model"] = _gpu_model(topology, hosts, frame["model"])
 
     clean = (frame["path_score"] < settings.clean) & (frame["pause_score"] < settings.clean)
-    baseline = _baseline(frame["busy"], clean, settings)
+    # Utilization sits at its top while the host feeds the GPUs (NCCL's waits included) and drops only
+    # when it does not: its healthy level is the top mode, and only fed intervals define the busy baseline,
+    # so a job that spent most of its clean time in an input stall is not measured against the stall.
+    kernel_baseline = _baseline(frame["kernel"], clean, settings, near_top=settings.fed_share)
+    fed = frame["kernel"].isna() | (frame["kernel"] >= settings.fed_share * kernel_baseline) \
+        if kernel_baseline > 0 else pd.Series(True, index=frame.index)
+    baseline = _baseline(frame["busy"], clean & fed, settings)
     frame["baseline"] = baseline
     busy = frame["busy"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["loss_fraction"] = np.clip(1.0 - busy / baseline, 0.0, 1.0) if baseline > 0 else np.nan
-        kernel_baseline = _baseline(frame["kernel"], clean, settings)
         frame["idle_fraction"] = np.clip(1.0 - frame["kernel"].to_numpy(dtype=float) / kernel_baseline, 0.0, 1.0) \
             if kernel_baseline > 0 else np.nan
 
@@ -317,14 +324,22 @@ def _own_pause(host_pause: pd.DataFrame, hosts: list[str]) -> pd.DataFrame:
     return worst.set_index("time")[["score", "host"]].rename(columns={"score": "pause_score", "host": "pause_host"})
 
 
-def _baseline(values: pd.Series, clean: pd.Series, settings: AttributionSettings) -> float:
-    """A healthy level: the median over clean intervals that are not idle (else a high quantile)."""
+def _baseline(
+    values: pd.Series, clean: pd.Series, settings: AttributionSettings, near_top: float | None = None,
+) -> float:
+    """A healthy level: the median over clean intervals that are not idle (else a high quantile).
+
+    With ``near_top``, only clean intervals within that share of the clean intervals' 90th percentile
+    count: for a signal whose healthy level is its top mode (utilization), however long the dips last.
+    """
     if values.notna().sum() == 0:
         return float("nan")
     high = values.quantile(0.9)
     if not high > 0:
         return float("nan")
     usable = clean & (values >= settings.idle_fraction * high)
+    if near_top is not None and usable.sum() >= settings.min_baseline_intervals:
+        usable &= values >= near_top * values[usable].quantile(0.9)
     if usable.sum() >= settings.min_baseline_intervals:
         return float(values[usable].median())
     return float(high)

@@ -27,7 +27,7 @@ Start here:
 def build_parser() -> argparse.ArgumentParser:
     from collector import agent
     from collector.sources.snmp import cli as snmp_cli
-    from detector import demo, offline
+    from detector import demo, offline, report
 
     parser = argparse.ArgumentParser(
         prog="strandwatch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_detect_arguments(detect_parser)
     detect_parser.set_defaults(handler=offline.run_detect)
+
+    report_parser = commands.add_parser(
+        "report", help="write the weekly report (HTML, PDF, CSV) from the store",
+        description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_report_arguments(report_parser)
+    report_parser.set_defaults(handler=report.run_report)
 
     agent_parser = commands.add_parser(
         "agent", help="the node agent: RDMA, ethtool, GPU and job sources of this host",

@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -34,7 +34,9 @@ from collector.sources.snmp import SnmpSource, SnmpTarget
 from collector.store import EmbeddedStore
 from detector.detect import DetectionResult, detect
 from detector.evaluation import Accuracy, evaluate
+from detector.jobs import JobsError, parse_time
 from detector.pricing import Prices
+from detector.results import write_results
 from detector.simulator import SimConfig, Simulation
 from detector.simulator.snmp_agent import SimulatedSwitchAgents
 
@@ -54,6 +56,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "jobs.csv, ground_truth.json")
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="DOLLARS",
                         help="one price for every GPU model instead of the default table")
+    parser.add_argument("--start", type=_rfc3339, metavar="TIME",
+                        help="simulated start, RFC 3339 (default: --hours before now, so the data is recent "
+                             "for `strandwatch report --since 7d` and Grafana)")
+
+
+def _rfc3339(text: str) -> datetime:
+    try:
+        return parse_time(text, "--start")
+    except JobsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -61,7 +73,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.hours <= 0 or args.interval <= 0:
         console.print("[red]--hours and --interval must be positive[/red]")
         return 2
-    config = SimConfig(seed=args.seed, duration=timedelta(hours=args.hours), interval_s=args.interval)
+    duration = timedelta(hours=args.hours)
+    start = args.start or (datetime.now(timezone.utc) - duration).replace(second=0, microsecond=0)
+    config = SimConfig(seed=args.seed, start=start, duration=duration, interval_s=args.interval)
     for stale in (args.store, Path(f"{args.store}-wal"), Path(f"{args.store}-shm")):
         stale.unlink(missing_ok=True)
     if args.export:
@@ -72,16 +86,18 @@ def run_demo(args: argparse.Namespace) -> int:
         collected_s = time.monotonic() - began
         if args.export:
             simulation.export(args.export)
-        with EmbeddedStore(args.store, read_only=True) as store:
+        with EmbeddedStore(args.store) as store:
             frames = {measurement: store.read(measurement) for measurement in store.measurements()}
-        prices = Prices(override_per_gpu_hour=args.price_per_gpu_hour)
-        result = detect(frames, simulation.topology, simulation.allocations, prices)
+            prices = Prices(override_per_gpu_hour=args.price_per_gpu_hour)
+            result = detect(frames, simulation.topology, simulation.allocations, prices)
+            write_results(store, result)
         accuracy = evaluate(result, simulation.ground_truth.episodes, simulation.topology, simulation.allocations)
         _report(console, simulation, result, accuracy)
     console.print(
         f"\n{points_stored:,} points collected over real SNMP, sysfs, GPU and ethtool sources and stored in "
         f"{args.store} in {collected_s:.0f} s; detection took {time.monotonic() - began - collected_s:.0f} s."
     )
+    console.print(f"Weekly report of this run: strandwatch report --since 7d --store {args.store} --output report/")
     if args.export:
         console.print(f"Scenario exported to {args.export}/: replay it with\n  strandwatch detect "
                       f"--input {args.export}/telemetry.lp --topology {args.export}/topology.yaml "

@@ -101,11 +101,11 @@ def load_report_data(reader: ReportReader, start: pd.Timestamp, end: pd.Timestam
                      advance: Callable[[str], None] = lambda _: None) -> ReportData:
     """Everything the report shows, read day by day so a week of a large cluster stays within memory."""
     span = end - start
-    losses = reader.read(STRANDED_COMPUTE, start, end)
+    losses = _with_columns(reader.read(STRANDED_COMPUTE, start, end), LOSS_COLUMNS)
     advance("stranded compute")
-    previous = reader.read(STRANDED_COMPUTE, start - span, start)
+    previous = _with_columns(reader.read(STRANDED_COMPUTE, start - span, start), LOSS_COLUMNS)
     advance("previous week")
-    episodes = reader.read(STRANDED_EPISODE, start, end)
+    episodes = _with_columns(reader.read(STRANDED_EPISODE, start, end), EPISODE_COLUMNS)
     advance("episodes")
     days = []
     day = start
@@ -115,13 +115,26 @@ def load_report_data(reader: ReportReader, start: pd.Timestamp, end: pd.Timestam
         advance(f"GPUs {day:%Y-%m-%d}")
         day = day_end
     gpu_days = pd.DataFrame([row for row in days if row is not None])
-    previous_gpus = _gpu_day(reader, start - span, start, sample_every=max(1, int(span / pd.Timedelta(hours=6))))
+    previous_gpus = _gpu_day(reader, start - span, start)
     advance("previous week's GPUs")
     return ReportData(start, end, losses, previous, episodes, gpu_days,
                       None if previous_gpus is None else previous_gpus["sm_active"])
 
 
-def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp, sample_every: int = 1) -> dict | None:
+LOSS_COLUMNS = ("time", "job", "cause", "link", "switch", "gpu_seconds_lost", "dollars_lost")
+EPISODE_COLUMNS = ("time", "job", "cause", "end", "gpus", "gpu_seconds_lost", "dollars_lost", "confidence", "links",
+                   "evidence")
+
+
+def _with_columns(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+    """The frame with every column the report uses (a missing tag or an empty read has none)."""
+    for column in columns:
+        if column not in frame:
+            frame[column] = pd.Series(dtype="datetime64[ns, UTC]" if column == "time" else object, index=frame.index)
+    return frame
+
+
+def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp) -> dict | None:
     """One row of utilization for [start, end): GPUs seen, GPU-hours, mean busy and allocation."""
     gpus = reader.read("nvidia_smi", start, end, fields=BUSY_FIELDS)
     if gpus.empty:
@@ -134,7 +147,7 @@ def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp, sampl
     row = {
         "day": start.strftime("%Y-%m-%d"),
         "gpus": count,
-        "gpu_hours": round(float(len(gpus)) * step_s / 3600.0 / sample_every, 1),
+        "gpu_hours": round(float(len(gpus)) * step_s / 3600.0, 1),
         "sm_active": float(gpus[busy_field].mean()),
         "utilization_gpu": float(gpus["utilization_gpu"].mean()) if "utilization_gpu" in gpus else np.nan,
         "busy_field": busy_field,
@@ -150,8 +163,6 @@ def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp, sampl
 
 
 def _network(losses: pd.DataFrame) -> pd.DataFrame:
-    if losses.empty or "cause" not in losses:
-        return losses.iloc[0:0]
     return losses[losses["cause"] == "network"]
 
 
@@ -259,7 +270,7 @@ def summary_text(data: ReportData, tables: dict[str, pd.DataFrame]) -> list[str]
     if not jobs.empty:
         lines.append(f"The job hit hardest was {jobs.iloc[0]['job']} (${jobs.iloc[0]['dollars_lost']:,.2f}); "
                      f"the costliest link was {links.iloc[0]['link']} ({links.iloc[0]['share_of_network_loss_pct']:.0f} "
-                     f"% of the loss), on switch {tables['network_loss_by_switch'].iloc[0]['switch']}.")
+                     f"% of the loss) and the costliest switch {tables['network_loss_by_switch'].iloc[0]['switch']}.")
     else:
         lines.append("No job lost time to the network in this period.")
     change = week.loc["network dollars lost", "change_pct"]

@@ -31,6 +31,8 @@ from collector.transport import (
 )
 from service_fixtures import Mosquitto, mosquitto  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.timeout(60)
+
 T0 = 1_700_000_000_000_000_000
 STEP = 10_000_000_000
 

@@ -95,7 +95,7 @@ class MqttSettings:
     site: str = "default"
     host: str = field(default_factory=socket.gethostname)
     client_id: str | None = None
-    """Required for consumers (it names the persistent session); publishers get one from the host."""
+    """The consumer's MQTT client id, which names its persistent session (publishers make their own)."""
     username: str | None = None
     password: str | None = None
     tls: TlsSettings | None = None
@@ -174,7 +174,8 @@ def _client(settings: MqttSettings, address: tuple[str, int], *, consumer: bool)
         int(address[1]),
         username=settings.username,
         password=settings.password,
-        identifier=settings.client_id or (None if consumer else f"strandwatch-pub-{settings.host}-{random.getrandbits(32):08x}"),
+        # A publisher keeps no session, so it needs no fixed id; two with one id would keep kicking each other out.
+        identifier=settings.client_id if consumer else f"strandwatch-pub-{settings.host}-{random.getrandbits(32):08x}",
         protocol=aiomqtt.ProtocolVersion.V5,
         keepalive=settings.keepalive_s,
         timeout=settings.timeout_s,

@@ -1,0 +1,242 @@
+"""The detector over a store, window by window: any past range in bounded memory.
+
+A week of a large cluster's telemetry does not fit in memory as one set of
+frames, so the range is cut into *windows* and each window is decided on its
+own: the intervals in ``(start, end]`` of a window are judged from the store's
+data in ``[start - context, end]``. The ``context`` before the window is what
+rates (the previous sample of every counter), normals (a link's 25th
+percentile), job baselines and the noise level need to be the same as they
+would be for a window in the middle of a long read; nothing before
+``start - context`` is read, nothing of the context is reported.
+
+Each window keeps only what a result needs: the loss rows (one per job,
+interval and cause that lost GPU time), the evidence behind them, the link
+scores worth showing (``min_link_score``) and the lossy intervals. Episodes are
+built once, over all windows' loss rows, so an episode that crosses a window
+boundary is one episode. :class:`detector.streaming.StreamingDetector` decides
+its newest intervals with the same :func:`decide_window`, which is why batch
+and streaming give the same episodes over the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
+
+import pandas as pd
+
+from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
+from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute, loss_rows
+from detector.congestion import UTILIZATION, link_congestion
+from detector.detect import DetectionResult, DetectorSettings, _warnings
+from detector.episodes import build_episodes
+from detector.jobs import Allocation
+from detector.pricing import Prices
+from detector.telemetry import TelemetryError, load_telemetry
+from detector.topology import Topology
+
+MEASUREMENTS = (INTERFACE, INFINIBAND, ETHTOOL, NVIDIA_SMI)
+"""What the detector reads from a store."""
+
+DEFAULT_WINDOW = timedelta(hours=6)
+DEFAULT_CONTEXT = timedelta(hours=1)
+DEFAULT_MIN_LINK_SCORE = 0.1
+"""Link scores below this are not kept (a score of 1 is "congested"; utilization alone tops out at 0.9)."""
+
+
+class TelemetryReader(Protocol):
+    """What the detector needs of a store (``collector.store.EmbeddedStore`` has it)."""
+
+    def read(self, measurement: str, start=None, end=None, fields=None, tags=None) -> pd.DataFrame: ...
+
+    def time_range(self, measurement: str): ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSettings:
+    window: timedelta = DEFAULT_WINDOW
+    """How much time one detector pass decides (bounds memory: frames of window + context)."""
+    context: timedelta = DEFAULT_CONTEXT
+    """Data before a window that its pass reads for rates, normals and baselines, without reporting it."""
+    min_link_score: float = DEFAULT_MIN_LINK_SCORE
+
+    def __post_init__(self) -> None:
+        if self.window <= timedelta(0):
+            raise ValueError(f"window must be positive, got {self.window}")
+        if self.context < timedelta(0):
+            raise ValueError(f"context must not be negative, got {self.context}")
+
+
+@dataclass(slots=True)
+class Decided:
+    """What a window (or several, concatenated) decided: only the rows a result needs."""
+
+    losses: pd.DataFrame
+    intervals: pd.DataFrame
+    congestion: pd.DataFrame
+    evidence: pd.DataFrame
+    host_pause: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def concat(parts: Sequence[Decided]) -> Decided:
+        def join(frames: list[pd.DataFrame]) -> pd.DataFrame:
+            frames = [frame for frame in frames if not frame.empty] or frames[:1]
+            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return Decided(
+            join([p.losses for p in parts]), join([p.intervals for p in parts]), join([p.congestion for p in parts]),
+            join([p.evidence for p in parts]), join([p.host_pause for p in parts]),
+            list(dict.fromkeys(w for p in parts for w in p.warnings)),
+        )
+
+
+def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """The detector's measurements in ``[start, end]`` (both ends included), those with rows."""
+    frames = {}
+    for measurement in MEASUREMENTS:
+        frame = store.read(measurement, start, end + pd.Timedelta(1, "ns"))
+        if not frame.empty:
+            frames[measurement] = frame
+    return frames
+
+
+def decide_window(
+    frames: Mapping[str, pd.DataFrame], topology: Topology, allocations: Sequence[Allocation],
+    start: pd.Timestamp, end: pd.Timestamp, step_s: float | None, settings: DetectorSettings,
+    min_link_score: float = DEFAULT_MIN_LINK_SCORE,
+) -> tuple[Decided, float]:
+    """Decide the intervals in ``(start, end]`` from ``frames`` (which also hold the context before ``start``).
+
+    Returns what was decided and the grid's interval (``step_s``, or the data's when None).
+    """
+    telemetry = load_telemetry(frames, step_s if step_s is not None else settings.step_s)
+    congestion = link_congestion(telemetry, topology, dict(settings.signals))
+    attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
+    intervals = attribution.intervals
+    inside = (intervals["time"] > start) & (intervals["time"] <= end)
+    intervals = intervals[inside]
+    losses = loss_rows(intervals)
+    lossy = intervals[(intervals["network_fraction"] > 0) | (intervals["other_fraction"] > 0)]
+
+    scores = congestion.scores
+    scores = scores[(scores["time"] > start) & (scores["time"] <= end) & (scores["score"] >= min_link_score)]
+    evidence = _evidence_for(congestion.signals, losses[losses["cause"] == NETWORK])
+    host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
+    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
+    decided = Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
+                      evidence, host_pause, warnings)
+    return decided, telemetry.step_s
+
+
+def _evidence_for(signals: pd.DataFrame, network: pd.DataFrame) -> pd.DataFrame:
+    """The signal rows an episode's evidence may quote: blamed links, at the times they were blamed."""
+    if network.empty or signals.empty:
+        return signals.iloc[:0]
+    blamed = network[["time", "links"]].explode("links").dropna().rename(columns={"links": "link"})
+    keep = pd.MultiIndex.from_frame(signals[["time", "link"]]).isin(pd.MultiIndex.from_frame(blamed))
+    return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
+
+
+def _pauses_for(host_pause: pd.DataFrame, slow: pd.DataFrame) -> pd.DataFrame:
+    if slow.empty or host_pause.empty:
+        return host_pause.iloc[:0]
+    times = set(slow["time"])
+    hosts = set(slow["suspect_host"].dropna())
+    keep = host_pause["time"].isin(times) & host_pause["host"].isin(hosts) & (host_pause["score"] > 0)
+    return host_pause[keep].reset_index(drop=True)
+
+
+def finish(
+    decided: Decided, topology: Topology, step_s: float, prices: Prices, settings: DetectorSettings,
+    start: pd.Timestamp | None, end: pd.Timestamp | None,
+) -> DetectionResult:
+    """Episodes over everything decided, as the DetectionResult ``detect`` gives for one pass."""
+    losses = decided.losses
+    episodes, positions = build_episodes(
+        losses, decided.evidence, decided.host_pause, step_s, prices, settings.episodes,
+        {**settings.signals, UTILIZATION.name: UTILIZATION},
+    )
+    losses = losses.assign(episode=positions.to_numpy() if len(losses) else [])
+    return DetectionResult(
+        episodes=episodes, intervals=decided.intervals, losses=losses, congestion=decided.congestion,
+        evidence=decided.evidence, step_s=step_s, start=start, end=end, idle_models={}, prices=prices,
+        switch_of_link=topology.switch_of_link(), warnings=list(decided.warnings),
+    )
+
+
+def window_bounds(start: pd.Timestamp, end: pd.Timestamp, window: timedelta) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """``(start, end]`` cut into consecutive windows of at most ``window``."""
+    bounds = []
+    step = pd.Timedelta(window)
+    cursor = start
+    while cursor < end:
+        bounds.append((cursor, min(cursor + step, end)))
+        cursor += step
+    return bounds
+
+
+def detect_store(
+    store: TelemetryReader, topology: Topology, allocations: Iterable[Allocation],
+    start: pd.Timestamp | None = None, end: pd.Timestamp | None = None,
+    prices: Prices | None = None, settings: DetectorSettings = DetectorSettings(),
+    windows: WindowSettings = WindowSettings(),
+    progress: Callable[[int, int], None] | None = None,
+) -> DetectionResult:
+    """Detect over the store's data in ``(start, end]`` (default: all of it), one window at a time.
+
+    ``progress(done, total)`` is called after each window.
+    """
+    prices = prices or Prices()
+    allocations = list(allocations)
+    first, last = _store_span(store)
+    if first is None:
+        raise TelemetryError(f"the store has none of the measurements {', '.join(MEASUREMENTS)}")
+    start = _utc(start) if start is not None else first - pd.Timedelta(1, "ns")
+    end = _utc(end) if end is not None else last
+    if not start < end:
+        raise ValueError(f"empty range: since {start} is not before until {end}")
+    bounds = window_bounds(start, end, windows.window)
+    context = pd.Timedelta(windows.context)
+    step_s = settings.step_s
+    parts = []
+    for done, (window_start, window_end) in enumerate(bounds, start=1):
+        frames = read_frames(store, window_start - context, window_end)
+        if frames:
+            try:
+                part, step_s = decide_window(frames, topology, _overlapping(allocations, window_start - context,
+                                                                            window_end),
+                                             window_start, window_end, step_s, settings, windows.min_link_score)
+                parts.append(part)
+            except TelemetryError as error:
+                if "no series has two samples" not in str(error):
+                    raise
+        if progress:
+            progress(done, len(bounds))
+    if step_s is None:
+        raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
+    return finish(Decided.concat(parts) if parts else _nothing(), topology, step_s, prices, settings,
+                  max(start, first), min(end, last))
+
+
+def _nothing() -> Decided:
+    empty = pd.DataFrame(columns=INTERVAL_COLUMNS)
+    return Decided(loss_rows(empty), empty, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+
+
+def _overlapping(allocations: Sequence[Allocation], start: pd.Timestamp, end: pd.Timestamp) -> list[Allocation]:
+    """Allocations that hold GPUs at some time in ``[start, end]``."""
+    return [a for a in allocations
+            if pd.Timestamp(a.start) <= end and (a.end is None or pd.Timestamp(a.end) > start)]
+
+
+def _store_span(store: TelemetryReader) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    ranges = [r for r in (store.time_range(m) for m in MEASUREMENTS) if r is not None]
+    if not ranges:
+        return None, None
+    return min(r.first for r in ranges), max(r.last for r in ranges)
+
+
+def _utc(value) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

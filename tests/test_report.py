@@ -1,0 +1,98 @@
+"""The weekly report: written from a store holding a simulated cluster and the detector's results, rendered in
+headless Chromium, its PDF rasterized with pdftoppm."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from collector.frames import points_to_frames
+from collector.store import EmbeddedStore
+from detector.detect import detect
+from detector.report import add_report_arguments, parse_span, run_report
+from detector.results import write_results
+from detector.simulator import SimConfig, simulate
+
+SECTIONS = ("summary", "summary_week_over_week", "utilization_by_day", "network_loss_by_job", "network_loss_by_link",
+            "network_loss_by_switch", "top_network_episodes", "loss_by_cause")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    points, sim = simulate(SimConfig(seed=1, duration=timedelta(hours=3)))
+    result = detect(points_to_frames(points), sim.topology, sim.allocations)
+    with EmbeddedStore(root / "store.db") as store:
+        store.write(points)
+        write_results(store, result)
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    assert run_report(parser.parse_args(["--store", str(root / "store.db"), "--since", "3h",
+                                         "--output", str(root / "out")])) == 0
+    return root, result
+
+
+def test_tables_match_the_detector(report):
+    root, result = report
+    out = root / "out"
+    by_job = pd.read_csv(out / "network_loss_by_job.csv")
+    expected = result.network_breakdown()["job"]
+    assert dict(zip(by_job["job"], by_job["dollars_lost"])) == pytest.approx(
+        {job: row["dollars_lost"] for job, row in expected.items()}, abs=0.02)
+    assert by_job["dollars_lost"].sum() == pytest.approx(result.totals()["dollars_lost"], abs=0.05)
+    for name in SECTIONS[1:]:
+        assert (out / f"{name}.csv").stat().st_size > 0
+    episodes = pd.read_csv(out / "top_network_episodes.csv")
+    assert len(episodes) == len(result.network_episodes) and episodes["evidence"].str.len().min() > 0
+
+
+def test_html_has_its_sections_and_renders_in_chromium(report):
+    root, _ = report
+    page = (root / "out" / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"id='{section}'" in page
+    assert page.count("<img ") >= 5 and "data:image/png;base64," in page
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    shot = root / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={root / 'chromium'}", f"--screenshot={shot}", "--window-size=1200,2400",
+                    (root / "out" / "report.html").as_uri()], check=True, capture_output=True, timeout=60)
+    from matplotlib import image
+
+    pixels = image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1200)
+    rgb = pixels[..., :3]
+    assert rgb.std() > 0.05, "screenshot is blank"
+    red = ((rgb[..., 0] > 0.75) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)).mean()
+    assert red > 0.005, "no plot bars visible in the screenshot"
+
+
+def test_pdf_converts_to_its_pages(report):
+    root, _ = report
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("poppler-utils is not installed")
+    info = subprocess.run(["pdfinfo", str(root / "out" / "report.pdf")], check=True, capture_output=True, text=True)
+    pages = int(next(line.split()[-1] for line in info.stdout.splitlines() if line.startswith("Pages:")))
+    assert "pts (A4)" in info.stdout  # the front page, A4 landscape
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(root / "out" / "report.pdf"), str(root / "page")],
+                   check=True, timeout=60)
+    rendered = sorted(root.glob("page-*.png"))
+    # front page + 5 figures + one page per table at least
+    assert len(rendered) == pages >= 1 + 5 + 7
+
+
+def test_spans_and_bad_input():
+    assert parse_span("7d") == pd.Timedelta(days=7) and parse_span("90m") == pd.Timedelta(minutes=90)
+    with pytest.raises(ValueError, match="--since"):
+        parse_span("last week")
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    assert run_report(parser.parse_args(["--store", "/nonexistent/x.db", "--output", "/tmp/x"])) == 1
