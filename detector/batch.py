@@ -40,7 +40,8 @@ MEASUREMENTS = (INTERFACE, INFINIBAND, ETHTOOL, NVIDIA_SMI)
 """What the detector reads from a store."""
 
 DEFAULT_WINDOW = timedelta(hours=6)
-DEFAULT_CONTEXT = timedelta(hours=1)
+DEFAULT_CONTEXT = timedelta(hours=2)
+"""Enough that a window of minutes decides like one pass over hours (checked in tests/test_batch_streaming.py)."""
 DEFAULT_MIN_LINK_SCORE = 0.1
 """Link scores below this are not kept (a score of 1 is "congested"; utilization alone tops out at 0.9)."""
 
@@ -215,11 +216,12 @@ def detect_store(
             progress(done, len(bounds))
     if step_s is None:
         raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
-    return finish(Decided.concat(parts) if parts else _nothing(), topology, step_s, prices, settings,
+    return finish(Decided.concat(parts) if parts else empty_decided(), topology, step_s, prices, settings,
                   max(start, first), min(end, last))
 
 
-def _nothing() -> Decided:
+def empty_decided() -> Decided:
+    """Nothing decided yet."""
     empty = pd.DataFrame(columns=INTERVAL_COLUMNS)
     return Decided(loss_rows(empty), empty, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 

@@ -2,6 +2,8 @@
 
     strandwatch detect --input FILE.lp --topology TOPOLOGY.yaml --jobs JOBS.csv \\
         [--price-per-gpu-hour 3.0] [--format json|table]
+    strandwatch detect --store STORE.db --topology TOPOLOGY.yaml --jobs JOBS.csv \\
+        [--since 7d|RFC3339] [--until ...] [--window 6h]
 
 reads line protocol (what strandwatch's collectors or an existing Telegraf
 pipeline wrote), the cluster's wiring and the jobs' GPU allocations, and prints
@@ -16,16 +18,23 @@ other causes (``slow_host``, ``checkpoint``, ``input_stall``, ``hung``,
 ``unknown``) are listed under their names but never counted in ``totals``, which
 are network loss only. Links are ``<agent_host>:<ifName>``. Exit status 0 on
 success, 2 when an input is missing or malformed (the message names the file).
+
+With ``--store`` the detector reads an embedded store window by window
+(detector/batch.py), with a progress bar on stderr, and prints the same output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
+
+import pandas as pd
 
 from collector.frames import points_to_frames
 from collector.lineprotocol import LineProtocolError, parse, parse_file
@@ -39,8 +48,19 @@ from detector.topology import Topology, TopologyError
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``detect`` subcommand's options."""
-    parser.add_argument("--input", required=True, metavar="FILE.lp",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="FILE.lp",
                         help="line protocol with interface, infiniband, ethtool and nvidia_smi points ('-': stdin)")
+    source.add_argument("--store", metavar="PATH",
+                        help="an embedded store (SQLite file) to read window by window instead of --input")
+    parser.add_argument("--since", metavar="TIME",
+                        help="with --store: from this time, RFC 3339 or ago from now (7d, 24h, 30m; default: the "
+                             "store's first sample)")
+    parser.add_argument("--until", metavar="TIME",
+                        help="with --store: until this time, like --since (default: the store's last sample)")
+    parser.add_argument("--window", type=_duration, metavar="DURATION",
+                        help="with --store: time decided per pass (default 6h; bounds memory)")
+    parser.add_argument("--no-progress", action="store_true", help="with --store: no progress bar on stderr")
     parser.add_argument("--topology", required=True, metavar="TOPOLOGY.yaml", help="hosts, NICs, switches and uplinks")
     parser.add_argument("--jobs", required=True, metavar="JOBS.csv", help="job,host,gpus,start,end per allocation")
     parser.add_argument("--price-per-gpu-hour", type=_non_negative, metavar="DOLLARS",
@@ -76,6 +96,10 @@ def run_detect(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
 def _detect_files(args: argparse.Namespace) -> DetectionResult:
     topology = Topology.load(args.topology)
     allocations = load_jobs(args.jobs)
+    if getattr(args, "store", None):
+        return _detect_store(args, topology, allocations)
+    if args.since or args.until or args.window:
+        raise ValueError("--since, --until and --window need --store")
     if args.input == "-":
         points = parse(sys.stdin.read(), source_name="<stdin>")
     else:
@@ -86,14 +110,73 @@ def _detect_files(args: argparse.Namespace) -> DetectionResult:
     if not points:
         raise ValueError(f"{args.input}: no points in the input")
     frames = points_to_frames(points)
-    prices = Prices(override_per_gpu_hour=args.price_per_gpu_hour, per_kwh=args.price_per_kwh)
-    settings = DetectorSettings(step_s=args.interval)
-    if args.min_gpu_seconds is not None:
-        settings = replace(settings, episodes=replace(settings.episodes, min_gpu_seconds=args.min_gpu_seconds))
+    prices, settings = _settings(args)
     try:
         return detect(frames, topology, allocations, prices, settings)
     except (TelemetryError, RatesError) as error:
         raise type(error)(f"{args.input}: {error}") from error
+
+
+def _settings(args: argparse.Namespace) -> tuple[Prices, DetectorSettings]:
+    prices = Prices(override_per_gpu_hour=args.price_per_gpu_hour, per_kwh=args.price_per_kwh)
+    settings = DetectorSettings(step_s=args.interval)
+    if args.min_gpu_seconds is not None:
+        settings = replace(settings, episodes=replace(settings.episodes, min_gpu_seconds=args.min_gpu_seconds))
+    return prices, settings
+
+
+def _detect_store(args: argparse.Namespace, topology: Topology, allocations: list) -> DetectionResult:
+    from collector.store import EmbeddedStore
+    from detector.batch import WindowSettings, detect_store
+
+    path = Path(args.store)
+    if not path.is_file():
+        raise OSError(f"{path}: no such store")
+    now = pd.Timestamp.now(tz="UTC")
+    since = parse_since(args.since, now, "--since") if args.since else None
+    until = parse_since(args.until, now, "--until") if args.until else None
+    prices, settings = _settings(args)
+    windows = WindowSettings(window=args.window) if args.window else WindowSettings()
+    store = EmbeddedStore(path, read_only=True)
+    try:
+        if args.no_progress:
+            return detect_store(store, topology, allocations, since, until, prices, settings, windows)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.console import Console
+        with Progress(TextColumn("detect"), BarColumn(), TextColumn("{task.completed}/{task.total} windows"),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("detect", total=None)
+            return detect_store(store, topology, allocations, since, until, prices, settings, windows,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (TelemetryError, RatesError) as error:
+        raise type(error)(f"{path}: {error}") from error
+    finally:
+        store.close()
+
+
+def parse_since(text: str, now: pd.Timestamp, option: str) -> pd.Timestamp:
+    """An RFC 3339 time, or a span ago from ``now``: ``90s``, ``30m``, ``24h``, ``7d``, ``2w``."""
+    span = _DURATION.fullmatch(text.strip())
+    if span:
+        return now - pd.Timedelta(float(span.group(1)) * _UNITS[span.group(2)], "s")
+    try:
+        stamp = pd.Timestamp(text.strip())
+    except ValueError:
+        raise ValueError(f"{option}: not an RFC 3339 time nor a span like 7d or 24h: {text!r}") from None
+    if stamp.tzinfo is None:
+        raise ValueError(f"{option}: {text!r} has no UTC offset (add Z)")
+    return stamp.tz_convert("UTC")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration like 30m, 6h or 1d: {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def format_table(result: DetectionResult) -> str:

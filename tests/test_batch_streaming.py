@@ -1,0 +1,142 @@
+"""Batch mode over a store, the streaming detector, and the evaluate command (quick set)."""
+
+from __future__ import annotations
+
+import io
+import argparse
+import json
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from collector.frames import points_to_frames
+from collector.store import EmbeddedStore
+from detector.batch import WindowSettings, detect_store
+from detector.detect import detect
+from detector.evaluate_cli import add_evaluate_arguments, run_evaluate
+from detector.offline import add_detect_arguments, parse_since, run_detect
+from detector.simulator import SimConfig, Simulation
+
+CONTEXT = timedelta(minutes=20)
+CONFIG = SimConfig(seed=1, hosts=6, gpus_per_host=4, nics_per_host=2, duration=timedelta(minutes=50))
+
+
+def key(episode):
+    return (episode.job, episode.cause, episode.start, episode.end, episode.links[:1])
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    """The simulator stepped interval by interval into a store, a streaming detector after each step,
+    restarted from its state file halfway."""
+    from detector.streaming import StreamingDetector
+    directory = tmp_path_factory.mktemp("stream")
+    sim = Simulation(CONFIG)
+    store = EmbeddedStore(directory / "store.db", retention=None)
+    state = directory / "state.json"
+    alerts, results = [], []
+
+    def detector():
+        return StreamingDetector(store, sim.topology, sim.allocations, state, on_alert=alerts.append,
+                                 sink=results.append, context=CONTEXT)
+
+    streaming = detector()
+    store.write(sim.points())
+    while not sim.finished:
+        now = sim.step()
+        store.write(sim.points(now))
+        streaming.step()
+        if sim.steps_done == CONFIG.steps // 2:
+            streaming = detector()  # a restart: everything from the state file
+    yield sim, store, alerts, results
+    store.close()
+
+
+def test_streaming_opens_and_closes_each_episode_once(streamed):
+    _, _, alerts, results = streamed
+    opened = [a.id for a in alerts if a.event == "opened"]
+    closed = [a.id for a in alerts if a.event == "closed"]
+    assert opened and len(opened) == len(set(opened)) and len(closed) == len(set(closed))
+    assert set(closed) <= set(opened)
+    assert results and all(r.step_s == 30.0 for r in results)
+    assert json.loads(json.dumps(alerts[0].to_dict()))["event"] == "opened"
+
+
+def test_streaming_publishes_within_three_intervals(streamed):
+    sim, _, alerts, _ = streamed
+    step = pd.Timedelta(seconds=CONFIG.interval_s)
+    for alert in alerts:
+        if alert.event == "opened":
+            assert alert.decided_until - pd.Timestamp(alert.episode.start) <= 3 * step, alert.to_dict()
+    # Abrupt network events (congestion, PFC storms) are published within 3 intervals of their true onset.
+    abrupt = [t for t in sim.ground_truth.episodes
+              if t.cause.split("/")[0] in ("congestion", "pfc_storm") and t.gpu_seconds_lost >= 60]
+    assert abrupt
+    for truth in abrupt:
+        first = min(a.decided_until for a in alerts if a.event == "opened" and a.episode.job == truth.job
+                    and a.episode.cause == "network" and pd.Timestamp(a.episode.start) < pd.Timestamp(truth.end)
+                    and pd.Timestamp(truth.start) < pd.Timestamp(a.episode.end))
+        assert first - pd.Timestamp(truth.start) <= 3 * step, truth
+
+
+def test_batch_gives_the_streaming_episodes(streamed):
+    sim, store, alerts, _ = streamed
+    batch = detect_store(store, sim.topology, sim.allocations,
+                         windows=WindowSettings(window=timedelta(seconds=CONFIG.interval_s), context=CONTEXT))
+    closed = {key(a.episode): a.episode for a in alerts if a.event == "closed"}
+    still_open = {a.id for a in alerts if a.event == "opened"} - {a.id for a in alerts if a.event == "closed"}
+    finished = {key(e): e for e in batch.episodes if f"{e.job}/{e.cause}/{e.start:%Y-%m-%dT%H:%M:%SZ}" not in still_open}
+    assert set(closed) == set(finished)
+    for name, episode in closed.items():
+        assert episode.gpu_seconds_lost == pytest.approx(finished[name].gpu_seconds_lost, rel=1e-3)
+
+
+def test_batch_windows_give_the_one_pass_episodes(streamed):
+    sim, store, _, _ = streamed
+    frames = {name: store.read(name) for name in ("interface", "infiniband", "ethtool", "nvidia_smi")}
+    one = detect(frames, sim.topology, sim.allocations)
+    windowed = detect_store(store, sim.topology, sim.allocations,
+                            windows=WindowSettings(window=timedelta(minutes=15), context=timedelta(hours=1)))
+    assert {key(e) for e in one.network_episodes} == {key(e) for e in windowed.network_episodes}
+    assert windowed.totals()["gpu_seconds_lost"] == pytest.approx(one.totals()["gpu_seconds_lost"], rel=0.01)
+
+
+def test_detect_store_command(streamed, tmp_path):
+    sim, store, _, _ = streamed
+    sim.topology.dump(tmp_path / "topology.yaml")
+    from detector.jobs import dump_jobs
+    dump_jobs(sim.allocations, tmp_path / "jobs.csv")
+    parser = argparse.ArgumentParser()
+    add_detect_arguments(parser)
+    args = parser.parse_args(["--store", str(store.path), "--topology", str(tmp_path / "topology.yaml"),
+                              "--jobs", str(tmp_path / "jobs.csv"), "--since", "2026-11-02T00:10:00Z",
+                              "--window", "20m", "--no-progress", "--format", "json"])
+    out, err = io.StringIO(), io.StringIO()
+    assert run_detect(args, out, err) == 0, err.getvalue()
+    data = json.loads(out.getvalue())
+    assert data["episodes"] and all(e["start"] >= "2026-11-02T00:10:00Z" for e in data["episodes"])
+    missing = parser.parse_args(["--store", str(tmp_path / "nope.db"), "--topology", str(tmp_path / "topology.yaml"),
+                                 "--jobs", str(tmp_path / "jobs.csv")])
+    assert run_detect(missing, io.StringIO(), err) == 2 and "nope.db" in err.getvalue()
+
+
+def test_since_parses_spans_and_times():
+    now = pd.Timestamp("2026-11-09T00:00:00Z")
+    assert parse_since("7d", now, "--since") == pd.Timestamp("2026-11-02T00:00:00Z")
+    assert parse_since("24h", now, "--since") == pd.Timestamp("2026-11-08T00:00:00Z")
+    assert parse_since("2026-11-02T01:00:00+01:00", now, "--since") == pd.Timestamp("2026-11-02T00:00:00Z")
+    with pytest.raises(ValueError, match="--until"):
+        parse_since("yesterday", now, "--until")
+
+
+@pytest.mark.slow
+def test_evaluate_quick_meets_the_goals():
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    out = io.StringIO()
+    code = run_evaluate(parser.parse_args(["--quick", "--format", "json"]), out, io.StringIO())
+    data = json.loads(out.getvalue())
+    assert code == 0, data["summary"]
+    assert [s["name"] for s in data["scenarios"]] == ["quick-mixed", "quick-congestion", "quick-confounders"]
+    assert data["summary"]["f1"] >= 0.95 and data["summary"]["confounder_false_share"] <= 0.01
