@@ -7,9 +7,10 @@ them into one parser so ``strandwatch --help`` reads as a table of contents.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Callable, Sequence
+
+from collector.service.logs import configure_logging
 
 DESCRIPTION = """\
 strandwatch finds GPUs that sit idle because of the network, names the links to
@@ -27,12 +28,14 @@ Start here:
 def build_parser() -> argparse.ArgumentParser:
     from collector import agent
     from collector.sources.snmp import cli as snmp_cli
-    from detector import demo, offline, report
+    from detector import demo, evaluate_cli, offline, report
 
     parser = argparse.ArgumentParser(
         prog="strandwatch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR (default WARNING)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text lines, or one JSON object per line for log collectors (default text)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -49,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offline.add_detect_arguments(detect_parser)
     detect_parser.set_defaults(handler=offline.run_detect)
+
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="score the detector on many seeded simulator scenarios",
+        description=evaluate_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate_cli.add_evaluate_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(handler=evaluate_cli.run_evaluate)
 
     report_parser = commands.add_parser(
         "report", help="write the weekly report (HTML, PDF, CSV) from the store",
@@ -91,10 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(str(args.log_level).upper(), json_lines=args.log_format == "json")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
