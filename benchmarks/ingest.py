@@ -23,6 +23,8 @@ Run from the repository root: ``.venv/bin/python benchmarks/ingest.py``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
+faulthandler.register(__import__("signal").SIGUSR1, all_threads=True)
 import asyncio
 import http.client
 import json

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from detector.rates import map_keys, map_series
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -124,7 +125,7 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     nics = _nic_links(telemetry.nics, topology, unmapped)
     pauses = _pause_links(telemetry.pauses, telemetry.nics, topology, unmapped)
     host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
-    facing_host = ports["link"].map(host_of_link) if not ports.empty else pd.Series(dtype=object)
+    facing_host = map_series(ports["link"], host_of_link) if not ports.empty else pd.Series(dtype=object)
 
     long_parts = [
         _long(ports, {
@@ -176,7 +177,7 @@ def _switch_ports(ports: pd.DataFrame, topology: Topology) -> pd.DataFrame:
     if ports.empty:
         return ports.assign(link=pd.Series(dtype=str))
     agents = _switch_agents(topology)
-    agent = ports["agent_host"].map(agents).fillna(ports["agent_host"])
+    agent = map_series(ports["agent_host"], agents).fillna(ports["agent_host"])
     return ports.assign(link=agent + ":" + ports["port"])
 
 
@@ -184,9 +185,10 @@ def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[s
     if nics.empty:
         return nics.assign(link=pd.Series(dtype=str))
     links = topology.nic_links()
-    keys = list(zip(nics["host"], nics["device"]))
-    mapped = pd.Series([links.get(key) for key in keys], index=nics.index, dtype=object)
-    missing = {f"{host}/{device}" for (host, device), link in zip(keys, mapped) if link is None}
+    mapped = pd.Series(map_keys([nics["host"], nics["device"]], lambda *key: links.get(key)), index=nics.index,
+                       dtype=object)
+    unplaced = nics.loc[mapped.isna().to_numpy(), ["host", "device"]].drop_duplicates()
+    missing = {f"{host}/{device}" for host, device in unplaced.itertuples(index=False)}
     if missing:
         unmapped["infiniband"] = missing
     return nics.assign(link=mapped).dropna(subset=["link"])
@@ -214,11 +216,15 @@ def _pause_links(
     named_hosts = {host for host, _ in by_netdev}
     single = {host.name: next(iter(host.nics)) for host in topology.hosts.values()
               if len(host.nics) == 1 and host.name not in named_hosts}
-    devices = [by_netdev.get((host, netdev)) or single.get(host)
-               for host, netdev in zip(pauses["host"], pauses["netdev"])]
-    mapped = [links.get((host, device)) if device else None for host, device in zip(pauses["host"], devices)]
-    missing = {f"{host}/{netdev}" for host, netdev, link in zip(pauses["host"], pauses["netdev"], mapped)
-               if link is None}
+    def place(host: str, netdev: str) -> tuple[str | None, str | None]:
+        device = by_netdev.get((host, netdev)) or single.get(host)
+        return device, links.get((host, device)) if device else None
+
+    placed = map_keys([pauses["host"], pauses["netdev"]], place)
+    devices = [device for device, _ in placed]
+    mapped = [link for _, link in placed]
+    unplaced = pauses.loc[[link is None for link in mapped], ["host", "netdev"]].drop_duplicates()
+    missing = {f"{host}/{netdev}" for host, netdev in unplaced.itertuples(index=False)}
     if missing:
         unmapped["ethtool"] = missing
     return pauses.assign(device=devices, link=mapped).dropna(subset=["link"])
@@ -328,7 +334,7 @@ def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, topology: Topology)
         sources.append(telemetry.pauses.groupby(["time", "host"])[["tx_bytes", "rx_bytes"]].sum(min_count=1))
     if not ports.empty:
         host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
-        facing = ports.assign(host=ports["link"].map(host_of_link)).dropna(subset=["host"])
+        facing = ports.assign(host=map_series(ports["link"], host_of_link)).dropna(subset=["host"])
         # The switch port's input is what the host sent.
         facing = facing.assign(tx_bytes=facing["in_bps"] / 8, rx_bytes=facing["out_bps"] / 8)
         sources.append(facing.groupby(["time", "host"])[["tx_bytes", "rx_bytes"]].sum(min_count=1))

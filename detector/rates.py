@@ -217,3 +217,27 @@ def _rate(
     usable = (epoch[here] == epoch[before]) & (elapsed > 0) & (elapsed <= max_gap_s)
     rate[here[usable]] = increase[here[usable]] / elapsed[usable]
     return rate
+
+
+def map_keys(columns: Sequence[pd.Series], lookup) -> list:
+    """``lookup(*key)`` for every row's key (one value per column), computed once per distinct key.
+
+    Frames at scale hold a million rows of a few thousand series: a Python call per
+    distinct key instead of per row, and the same values as the per-row loop.
+    """
+    if not columns or not len(columns[0]):
+        return []
+    factorized = [pd.factorize(column, use_na_sentinel=False) for column in columns]
+    codes = np.stack([codes for codes, _ in factorized], axis=1)
+    distinct, inverse = np.unique(codes, axis=0, return_inverse=True)
+    values = np.empty(len(distinct), dtype=object)
+    for position, row in enumerate(distinct):
+        values[position] = lookup(*(uniques[code] for (_, uniques), code in zip(factorized, row)))
+    return values[inverse.ravel()].tolist()
+
+
+def map_series(series: pd.Series, mapping: dict) -> pd.Series:
+    """``series.map(mapping)`` looked up once per distinct value (the same result, with its dtype)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    mapped = pd.Series(uniques, dtype=series.dtype).map(mapping)
+    return pd.Series(mapped.array.take(codes), index=series.index, name=series.name)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import TIME, counter_rates
+from detector.rates import TIME, counter_rates, map_keys
 
 
 class TelemetryError(ValueError):
@@ -264,7 +264,7 @@ def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         "interval_s": rates["interval_s"],
     })
     netdevs = _last_tag(frame, ["host", "device", "port"], "netdev")
-    out["netdev"] = [netdevs.get(key) for key in zip(out["host"], out["device"], out["port"])]
+    out["netdev"] = map_keys([out["host"], out["device"], out["port"]], lambda *key: netdevs.get(key))
     for direction, names in (("tx_bytes", ("port_xmit_data_64", "port_xmit_data")),
                              ("rx_bytes", ("port_rcv_data_64", "port_rcv_data"))):
         words = pd.Series(np.nan, index=rates.index)

@@ -1,7 +1,7 @@
 """A seeded fabric simulator: GPU jobs on a leaf-spine RoCE cluster, with faults and ground truth.
 
 Public API: :class:`SimConfig` and :class:`Simulation` (``topology``,
-``allocations``, ``step()``, ``points()``, ``ground_truth``, ``board``,
+``allocations``, ``step()``, ``points()``, ``frames()``, ``ground_truth``, ``board``,
 ``write_sysfs()``, ``gpu_backend()``, ``ethtool_backend()``, ``export()``),
 :func:`simulate` to run a scenario straight through, the ground truth types
 :class:`GroundTruth`, :class:`IntervalTruth` and :class:`TrueEpisode`, and the
@@ -22,17 +22,20 @@ from detector.simulator.config import (
     SimConfigError,
 )
 from detector.simulator.devices import SimulatedEthtoolBackend, SimulatedGpuBackend
+from detector.simulator.frames import FRAME_MEASUREMENTS, FramesDriftError, simulated_frames
 from detector.simulator.schedule import Event, Job
 from detector.simulator.simulation import Simulation, simulate
 from detector.simulator.truth import GroundTruth, IntervalTruth, TrueEpisode
 
 __all__ = [
     "CONFOUNDERS",
+    "FRAME_MEASUREMENTS",
     "GPU_MODELS",
     "NETWORK_CAUSES",
     "SCHEDULED_KINDS",
     "UNALLOCATED",
     "Event",
+    "FramesDriftError",
     "GroundTruth",
     "IntervalTruth",
     "Job",
@@ -43,4 +46,5 @@ __all__ = [
     "Simulation",
     "TrueEpisode",
     "simulate",
+    "simulated_frames",
 ]
