@@ -12,7 +12,9 @@ seeded ``Simulation`` forward as windows ask for later data
 (``Simulation.frames``: the collector.frames shape, built from the model's
 arrays) and keeps the frames of the last window and its context. Its ``read``
 hands out the rows of ``[start, end]`` as one frame per measurement, sorted
-by series then time like a store read: that copy is the *peer*, the time
+by series then time like a store read, with only the fields asked for (it lists
+them by ``field_names`` as ``EmbeddedStore`` does, so ``read_frames`` asks for
+the detector's fields only): that copy is the *peer*, the time
 pandas needs just to read and copy the same frames the detector gets. Four
 clocks are reported:
 
@@ -108,27 +110,42 @@ class SimulatedStore:
             self.chunks.append((first + self.step_ns * np.arange(steps, dtype=np.int64), frames))
         self.simulate_s += time.perf_counter() - started
 
+    def field_names(self) -> list[str]:
+        """The numeric columns of the frames: the fields a read can ask for by name."""
+        if not self.chunks:
+            self._simulate_until(self.span.first.value)
+        names = {column for _, frames in self.chunks[:1] for frame in frames.values() for column in frame.columns
+                 if column != "time" and pd.api.types.is_numeric_dtype(frame[column])}
+        return sorted(names)
+
     def read(self, measurement: str, start=None, end=None, fields=None, tags=None) -> pd.DataFrame:
-        if fields is not None or tags is not None:
-            raise NotImplementedError("SimulatedStore reads whole measurements")
+        if tags is not None:
+            raise NotImplementedError("SimulatedStore reads every series")
         start_ns = pd.Timestamp(start).value if start is not None else self.span.first.value
         end_ns = pd.Timestamp(end).value if end is not None else self.span.last.value + 1
         self._simulate_until(end_ns)
         self.chunks = [chunk for chunk in self.chunks if chunk[0][-1] >= start_ns]
         started = time.perf_counter()
-        frame = self._rows(measurement, start_ns, end_ns)
+        frame = self._rows(measurement, start_ns, end_ns, fields)
         self.read_s += time.perf_counter() - started
         self.rows_read += len(frame)
         self.cells_read += frame.size
         return frame
 
-    def _rows(self, measurement: str, start_ns: int, end_ns: int) -> pd.DataFrame:
-        """The rows in ``[start, end)``, every series' rows together in time order."""
+    def _rows(self, measurement: str, start_ns: int, end_ns: int, fields) -> pd.DataFrame:
+        """The rows in ``[start, end)``, every series' rows together in time order.
+
+        With ``fields``, only those numeric columns (tags, the text columns, always come).
+        """
         parts, index, offset = [], [], 0
         for times, frames in self.chunks:
             frame = frames.get(measurement)
             if frame is None:
                 continue
+            if fields is not None:
+                wanted = set(fields)
+                frame = frame[[column for column in frame.columns if column == "time" or column in wanted
+                               or not pd.api.types.is_numeric_dtype(frame[column])]]
             chosen = np.flatnonzero((times >= start_ns) & (times < end_ns))
             if len(chosen):
                 series = len(frame) // len(times)

@@ -96,6 +96,10 @@ class Subscription:
             raise StopAsyncIteration
         return Delivery(item, self._queue.task_done)  # type: ignore[arg-type]
 
+    def depth(self) -> int:
+        """Batches queued here and not yet taken by the consumer."""
+        return self._queue.qsize()
+
     def next_ready(self) -> Delivery | None:
         """The next delivery if one is already queued, else None: lets a consumer group writes."""
         if self._ended or self._queue.empty():

@@ -189,6 +189,7 @@ def _mqtt(section: _Section, site: str) -> MqttSettings:
         timeout_s=section.number("timeout_s", 10.0, minimum=0.1),
         reconnect_min_s=section.number("reconnect_min_s", 0.2, minimum=0.01),
         reconnect_max_s=section.number("reconnect_max_s", 30.0, minimum=0.01),
+        resume_delay_s=section.number("resume_delay_s", 2.0, minimum=0.0),
         session_expiry_s=section.integer("session_expiry_s", 7 * 24 * 3600, minimum=0),
         receive_maximum=section.integer("receive_maximum", 256, minimum=1, maximum=65535),
         max_message_bytes=section.integer("max_message_mb", 8, minimum=1) * 1024 * 1024,

@@ -48,7 +48,11 @@ _TRANSIENT = (OSError, ConnectionError, TimeoutError, sqlite3.OperationalError)
 
 
 class PointWriter(Protocol):
-    """What ingest writes to: AsyncEmbeddedStore, AsyncInfluxWriter, or anything with this method."""
+    """What ingest writes to: AsyncEmbeddedStore, AsyncInfluxWriter, or anything with this method.
+
+    A writer that also has ``async write_line_protocol(text: bytes, count: int)``
+    (AsyncInfluxWriter) gets the messages' validated line protocol as it came.
+    """
 
     async def write(self, points: Iterable[Point]) -> int: ...
 
@@ -123,7 +127,7 @@ class IngestService:
     async def _write_and_ack(self, pending: list[Delivery]) -> None:
         batch = [point for delivery in pending for point in delivery.points]
         try:
-            await self._write(batch)
+            await self._write(batch, self._line_protocol(pending))
         except _StoreRefused:
             for delivery in pending:
                 try:
@@ -138,12 +142,25 @@ class IngestService:
         self.stats.points += len(batch)
         self.stats.batches += 1
 
-    async def _write(self, points: list[Point]) -> None:
+    def _line_protocol(self, pending: list[Delivery]) -> bytes | None:
+        """The batch as validated line protocol, when the store takes it and every message has it."""
+        if not hasattr(self.store, "write_line_protocol"):
+            return None
+        texts = [getattr(delivery, "line_protocol", None) for delivery in pending]
+        if any(text is None for text in texts):
+            return None
+        return "".join(text if text.endswith("\n") or not text else text + "\n" for text in texts).encode()
+
+    async def _write(self, points: list[Point], line_protocol: bytes | None = None) -> None:
         delay = self.retry_min_s
         while True:
             started = time.monotonic()
             try:
-                await self.store.write(points)
+                if line_protocol is not None:
+                    # InfluxDB takes the text the publisher sent: no second encoding of every point.
+                    await self.store.write_line_protocol(line_protocol, len(points))
+                else:
+                    await self.store.write(points)
             except _TRANSIENT as error:
                 self.stats.write_retries += 1
                 log.warning("ingest: store write of %d points failed (%s); retrying in %.1f s", len(points), error, delay)
@@ -180,6 +197,7 @@ async def serve(config_path: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await subscription.start()
+    maintenance = asyncio.create_task(_maintain_embedded(config.store, writer))
     consuming = asyncio.create_task(service.run())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait((consuming, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -187,8 +205,32 @@ async def serve(config_path: str) -> None:
     await subscription.close()
     await consuming
     stopping.cancel()
+    maintenance.cancel()
     await writer.close()
     log.info("ingest stopped: %s", service.stats)
+
+
+async def _maintain_embedded(store_config, writer, interval_s: float = 60.0) -> None:
+    """Embedded store only: every ``interval_s``, update the rollups and apply the raw retention."""
+    if store_config.backend != "embedded":
+        return
+    from collector.store.rollup import Resolution, Rollups
+
+    store = writer.store
+    rollups = Rollups(store, [Resolution(r.resolution, r.retention) for r in store_config.rollups]) \
+        if store_config.rollups else None
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if rollups is not None:
+                    await asyncio.to_thread(rollups.update)
+                await asyncio.to_thread(store.apply_retention)
+            except (OSError, sqlite3.Error) as error:
+                log.error("ingest: store maintenance failed (retried in %.0f s): %s", interval_s, error)
+    finally:
+        if rollups is not None:
+            rollups.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
 from detector.jobs import Allocation
 from detector.pricing import Prices
-from detector.telemetry import TelemetryError, load_telemetry
+from detector.telemetry import TelemetryError, load_telemetry, used_fields
 from detector.topology import Topology
 
 MEASUREMENTS = (INTERFACE, INFINIBAND, ETHTOOL, NVIDIA_SMI)
@@ -93,10 +93,17 @@ class Decided:
 
 
 def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
-    """The detector's measurements in ``[start, end]`` (both ends included), those with rows."""
+    """The detector's measurements in ``[start, end]`` (both ends included), those with rows.
+
+    A store that lists its field names (``field_names()``, as ``EmbeddedStore`` does) is asked only for
+    the fields the detector uses (``telemetry.used_fields``); any other store for every field.
+    """
+    listing = getattr(store, "field_names", None)
+    names = listing() if callable(listing) else None
     frames = {}
     for measurement in MEASUREMENTS:
-        frame = store.read(measurement, start, end + pd.Timedelta(1, "ns"))
+        fields = used_fields(measurement, names) if names is not None else None
+        frame = store.read(measurement, start, end + pd.Timedelta(1, "ns"), fields=fields or None)
         if not frame.empty:
             frames[measurement] = frame
     return frames

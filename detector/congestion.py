@@ -127,8 +127,8 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
     facing_host = map_series(ports["link"], host_of_link) if not ports.empty else pd.Series(dtype=object)
 
-    long_parts = [
-        _long(ports, {
+    parts = [
+        (ports, {
             "discards": _sum(ports, ["discards_in", "discards_out"]),
             "port_errors": _sum(ports, ["errors_in", "errors_out"]),
             "link_down": None if ports.empty else
@@ -139,31 +139,213 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
             "switch_pauses_received": None if ports.empty else ports["pauses_in"].where(facing_host.isna()),
             "port_tx_wait": _sum(ports, ["tx_wait"]),
         }),
-        _long(nics, {
+        (nics, {
             "cable_errors": _sum(nics, NIC_ERRORS),
             "xmit_wait": _sum(nics, ["port_xmit_wait"]),
             "ecn_marked": _sum(nics, ["np_ecn_marked_roce_packets"]),
             "cnp": _sum(nics, ["np_cnp_sent", "rp_cnp_handled"]),
             "retransmissions": _sum(nics, NIC_RECOVERY),
         }),
-        _long(pauses, {
+        (pauses, {
             "pauses_received": _sum(pauses, ["pause_rx"]),
             "paused_time": _sum(pauses, ["pause_rx_us"], scale=1e-6),
         }),
     ]
+    grid = _EvidenceGrid([frame for frame, _ in parts])
+    if grid.has_duplicates():
+        evidence = _evidence_by_groupby(parts, ports, signals)
+        scores = _link_scores(evidence)
+    else:
+        evidence, scores = grid.score(parts, ports, signals)
+    host_pause = _host_pause(pauses, ports.assign(host=facing_host).dropna(subset=["host"]) if not ports.empty
+                             else ports)
+    traffic = _host_traffic(telemetry, ports, topology)
+    return Congestion(scores, evidence.reset_index(drop=True), host_pause, traffic, unmapped)
+
+
+class _EvidenceGrid:
+    """The (time, link) of every row of the port, NIC and pause frames as integer codes.
+
+    Times are coded in time order and links in name order, so a (time, link) cell's
+    position ``time * n_links + link`` on the dense grid is also its rank in a sort by
+    time, then link. Scores, normals and the top signal are then reductions over
+    these codes (numpy) instead of groupbys over millions of rows of strings; they
+    give the same numbers and rows as those groupbys (tests/test_detector.py).
+    """
+
+    def __init__(self, frames: list[pd.DataFrame]) -> None:
+        times = [_time_ns(frame) for frame in frames]
+        links = [frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object)
+                 for frame in frames]
+        all_links = np.concatenate(links)
+        link_codes, link_names = pd.factorize(all_links)
+        by_name = np.argsort(np.asarray(link_names, dtype=object), kind="stable")
+        rank = np.empty(len(by_name), dtype=np.int64)
+        rank[by_name] = np.arange(len(by_name))
+        link_codes = rank[link_codes] if len(link_codes) else link_codes.astype(np.int64)
+        time_codes, time_values = pd.factorize(np.concatenate(times), sort=True)
+        self.link_names = np.asarray(link_names, dtype=object)[by_name]
+        self.time_values = np.asarray(time_values, dtype=np.int64)
+        self.times = pd.DatetimeIndex(self.time_values.view("datetime64[ns]")).tz_localize("UTC").array
+        self.n_links = len(self.link_names)
+        bounds = np.cumsum([0, *(len(t) for t in times)])
+        self.cells = [time_codes[a:b].astype(np.int64) * self.n_links + link_codes[a:b]
+                      for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def has_duplicates(self) -> bool:
+        """Whether two series of one frame fall on the same link and interval (their values must add up)."""
+        return any(len(cells) and len(pd.unique(cells)) != len(cells) for cells in self.cells)
+
+    def score(
+        self, parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame,
+        signals: dict[str, Signal],
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The evidence (one row per time, link and signal with a value) and the link scores."""
+        names: list[str] = []
+        cells, codes, values = [], [], []
+        for (_, columns), frame_cells in zip(parts, self.cells):
+            for name, series in columns.items():
+                if series is None or name not in signals:
+                    continue
+                value = series.to_numpy(dtype=float)
+                rows = np.flatnonzero(~np.isnan(value))
+                cells.append(frame_cells[rows])
+                codes.append(np.full(len(rows), len(names), dtype=np.int64))
+                values.append(value[rows])
+                names.append(name)
+        cell = np.concatenate(cells) if cells else np.empty(0, dtype=np.int64)
+        code = np.concatenate(codes) if codes else np.empty(0, dtype=np.int64)
+        value = np.concatenate(values) if values else np.empty(0)
+        link = cell % max(self.n_links, 1)
+        normal = _normals(value, link, code, self.n_links, [signals[name] for name in names])
+        floor = np.array([signals[name].floor for name in names])[code]
+        relative = np.array([signals[name].relative for name in names])[code]
+        score = np.clip((value - normal) / np.maximum(floor, relative * normal), 0, None)
+        kinds = [signals[name].kind for name in names]
+
+        if not ports.empty:
+            busiest = np.fmax(ports["in_bps"].to_numpy(dtype=float), ports["out_bps"].to_numpy(dtype=float))
+            speed = ports["speed_bps"].to_numpy(dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = np.where(speed > 0, busiest / speed, np.nan)
+            rows = np.flatnonzero(~np.isnan(share))
+            if len(rows):
+                used_cell, used = self.cells[0][rows], share[rows]
+                used_link = used_cell % self.n_links
+                ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
+                cell = np.concatenate([cell, used_cell])
+                code = np.concatenate([code, np.full(len(rows), len(names), dtype=np.int64)])
+                value = np.concatenate([value, used])
+                normal = np.concatenate([normal, _group_quantile(used, used_link, self.n_links, 0.5)[used_link]])
+                score = np.concatenate([score, UTILIZATION_CAP * ramp.clip(0, 1)])
+                names.append(UTILIZATION.name)
+                kinds.append(LOCAL)
+
+        evidence = pd.DataFrame({
+            "time": self.times.take(cell // max(self.n_links, 1)),
+            "link": _strings(self.link_names, cell % max(self.n_links, 1)),
+            "signal": _strings(names, code),
+            "value": value,
+            "normal": normal,
+            "score": score,
+            "kind": _strings(kinds, code),
+        })
+        return evidence, self._link_scores(cell, code, score, names, kinds)
+
+    def _link_scores(
+        self, cell: np.ndarray, code: np.ndarray, score: np.ndarray, names: list[str], kinds: list[str],
+    ) -> pd.DataFrame:
+        """Per (time, link): the highest score, its signal (the first row among equals), the highest per kind."""
+        if not len(score):
+            return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
+        size = len(self.time_values) * self.n_links
+        best = np.full(size, -np.inf)
+        np.maximum.at(best, cell, score)
+        top_rows = np.flatnonzero(score == best[cell])
+        first = np.full(size, len(score), dtype=np.int64)
+        np.minimum.at(first, cell[top_rows], top_rows)
+        present = np.flatnonzero(first < len(score))
+        by_kind = {}
+        for kind in (LOCAL, PATH):
+            mine = np.flatnonzero(np.array([k == kind for k in kinds], dtype=bool)[code]) if kinds else \
+                np.empty(0, dtype=np.int64)
+            worst = np.full(size, -np.inf)
+            np.maximum.at(worst, cell[mine], score[mine])
+            worst = worst[present]
+            by_kind[kind] = np.where(np.isneginf(worst), 0.0, worst)
+        top = first[present]
+        return pd.DataFrame({
+            "time": self.times.take(present // max(self.n_links, 1)),
+            "link": _strings(self.link_names, present % max(self.n_links, 1)),
+            "score": score[top],
+            "local_score": by_kind[LOCAL],
+            "path_score": by_kind[PATH],
+            "top_signal": _strings(names, code[top]),
+        })
+
+
+def _time_ns(frame: pd.DataFrame) -> np.ndarray:
+    if frame.empty:
+        return np.empty(0, dtype=np.int64)
+    return pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8
+
+
+def _strings(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A str column of ``names[code]`` per row (one string object per distinct name)."""
+    return pd.array(np.asarray(list(names), dtype=object), dtype="str").take(codes)
+
+
+def _group_quantile(values: np.ndarray, groups: np.ndarray, n_groups: int, quantile: float) -> np.ndarray:
+    """Per group (0 .. n_groups - 1) the quantile of its values, linearly interpolated (NaN for no values).
+
+    The same numbers as pandas' ``groupby().quantile()``, and at 0.5 as its ``median()`` (the mean of
+    the middle two).
+    """
+    order = np.lexsort((values, groups))
+    ordered = values[order]
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    result = np.full(n_groups, np.nan)
+    has = np.flatnonzero(counts)
+    position = quantile * (counts[has] - 1).astype(float)
+    below = starts[has] + position.astype(np.int64)
+    fraction = position % 1
+    value = ordered[below]
+    interpolate = fraction != 0
+    following = ordered[np.minimum(below + 1, len(ordered) - 1)]
+    between = (value + following) / 2 if quantile == 0.5 else value + (following - value) * fraction
+    result[has] = np.where(interpolate, between, value)
+    return result
+
+
+def _normals(
+    value: np.ndarray, link: np.ndarray, code: np.ndarray, n_links: int, signals: list[Signal],
+) -> np.ndarray:
+    """Per evidence row: the lower of its link's 25th percentile and the fleet's median, per signal."""
+    if not len(value):
+        return np.empty(0)
+    n_signals = len(signals)
+    group = link * n_signals + code
+    own = _group_quantile(value, group, n_links * n_signals, NORMAL_QUANTILE)
+    fleet = _group_quantile(value, code, n_signals, 0.5)
+    uses_fleet = np.array([s.fleet_normal for s in signals], dtype=bool)
+    per_group_fleet = np.tile(fleet, n_links)
+    normal = np.where(np.tile(uses_fleet, n_links), np.minimum(own, per_group_fleet), own)
+    return np.clip(normal, 0, None)[group]
+
+
+def _evidence_by_groupby(
+    parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame, signals: dict[str, Signal],
+) -> pd.DataFrame:
+    """The evidence where two series of a frame share a link and an interval: their values add up."""
+    long_parts = [_long(frame, columns) for frame, columns in parts]
     evidence = pd.concat([part for part in long_parts if not part.empty] or [_empty_long()], ignore_index=True)
     evidence = evidence[evidence["signal"].isin(list(signals))]
     evidence = evidence.groupby(["time", "link", "signal"], as_index=False, sort=False)["value"].sum()
     evidence = _score(evidence, "link", signals)
     evidence["kind"] = evidence["signal"].map({name: s.kind for name, s in signals.items()})
     utilization = _utilization(ports)
-    evidence = pd.concat([evidence, utilization], ignore_index=True) if not utilization.empty else evidence
-
-    scores = _link_scores(evidence)
-    host_pause = _host_pause(pauses, ports.assign(host=facing_host).dropna(subset=["host"]) if not ports.empty
-                             else ports)
-    traffic = _host_traffic(telemetry, ports, topology)
-    return Congestion(scores, evidence.reset_index(drop=True), host_pause, traffic, unmapped)
+    return pd.concat([evidence, utilization], ignore_index=True) if not utilization.empty else evidence
 
 
 def _switch_agents(topology: Topology) -> dict[str, str]:

@@ -31,7 +31,8 @@ from collector.sources.ethtool import EthtoolSource
 from collector.sources.gpu import GpuSource
 from collector.sources.rdma import RdmaSource
 from collector.sources.snmp import SnmpSource, SnmpTarget
-from collector.store import EmbeddedStore
+from collector.ingest import IngestService
+from collector.store import AsyncEmbeddedStore, EmbeddedStore
 from detector.detect import DetectionResult, detect
 from detector.evaluation import Accuracy, evaluate
 from detector.jobs import JobsError, parse_time
@@ -110,7 +111,9 @@ async def _collect(simulation: Simulation, store_path: Path, export: Path | None
     shared_memory = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="strandwatch-demo-", dir=shared_memory if shared_memory.is_dir() else None))
     bus = InProcessBus()
-    consumers = [asyncio.create_task(_store_batches(bus.subscribe(), store_path))]
+    store = AsyncEmbeddedStore(EmbeddedStore(store_path))
+    ingest = IngestService(bus.subscribe(), store)
+    consumers = [asyncio.create_task(ingest.run())]
     if export is not None:
         consumers.append(asyncio.create_task(_export_batches(bus.subscribe(), export / "telemetry.lp")))
     sources: list[Source] = []
@@ -148,33 +151,17 @@ async def _collect(simulation: Simulation, store_path: Path, export: Path | None
         for source in sources:
             await source.close()
         await bus.close()
-        stored, *_ = await asyncio.gather(*consumers)
+        await asyncio.gather(*consumers)
+        await store.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return stored
+    return ingest.stats.points
 
 
-async def _store_batches(subscription: Subscription, store_path: Path) -> int:
-    """Writes what is queued in one transaction (one fsync), then acknowledges it."""
-    stored = 0
-    with EmbeddedStore(store_path) as store:
-        async for first in subscription:
-            deliveries = [first]
-            while (delivery := subscription.next_ready()) is not None:
-                deliveries.append(delivery)
-            points = [point for delivery in deliveries for point in delivery.points]
-            await asyncio.to_thread(store.write, points)
-            stored += len(points)
-            for delivery in deliveries:
-                await delivery.ack()
-    return stored
-
-
-async def _export_batches(subscription: Subscription, path: Path) -> int:
+async def _export_batches(subscription: Subscription, path: Path) -> None:
     with open(path, "w") as handle:
         async for delivery in subscription:
             handle.write(encode(delivery.points))
             await delivery.ack()
-    return 0
 
 
 def _report(console: Console, simulation: Simulation, result: DetectionResult, accuracy: Accuracy) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -99,6 +99,31 @@ ETHTOOL_BYTES = {"rx_bytes": ("rx_bytes_phy", "rx_bytes"), "tx_bytes": ("tx_byte
 
 BUSY_FIELDS = ("sm_active", "utilization_gpu")
 """The GPU busy signal: SM activity where the GPU reports it, else NVML's utilization."""
+
+
+RATE_MARKERS = ("sysUpTime", "ifCounterDiscontinuityTime", "counter32_fields")
+"""Fields rates need beside the counters: reboots, discontinuities, which counters are 32-bit."""
+USED_FIELDS: dict[str, tuple[str, ...]] = {
+    INTERFACE: (*INTERFACE_COUNTERS, *INTERFACE_GAUGES, SWITCH_TX_WAIT, *RATE_MARKERS),
+    INFINIBAND: (*NIC_COUNTERS, *RATE_MARKERS),
+    ETHTOOL: (*(name for names in ETHTOOL_BYTES.values() for name in names), *RATE_MARKERS),
+    NVIDIA_SMI: (*BUSY_FIELDS, "power_draw"),
+}
+USED_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
+    INTERFACE: (SWITCH_QUEUE_DROPS, *(family for families in SWITCH_PAUSE_FAMILIES.values() for family in families)),
+    ETHTOOL: (PRIORITY_PAUSE_FIELD, GLOBAL_PAUSE_FIELD),
+}
+
+
+def used_fields(measurement: str, names: Iterable[str]) -> list[str]:
+    """Of a store's field names, those the detector reads from ``measurement`` (named or matching a pattern).
+
+    A store read of only these fields skips the many counters (``ethtool -S`` lists hundreds) the
+    detector never looks at.
+    """
+    named = set(USED_FIELDS.get(measurement, ()))
+    patterns = USED_PATTERNS.get(measurement, ())
+    return [name for name in names if name in named or any(pattern.match(name) for pattern in patterns)]
 
 
 @dataclass(slots=True)

@@ -170,9 +170,12 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as response:
             return json.loads(response.read())
 
-    def count(self, measurement: str, field: str) -> int:
+    def count(self, measurement: str, field: str, *, database: str | None = None) -> int:
         """Points of ``measurement`` with ``field`` stored, counted by InfluxDB."""
-        series = self.query(f'SELECT count("{field}") FROM "{measurement}"')["results"][0].get("series")
+        result = self.query(f'SELECT count("{field}") FROM "{measurement}"', database=database)["results"][0]
+        if "error" in result:
+            raise RuntimeError(f"InfluxDB: {result['error']}")
+        series = result.get("series")
         return series[0]["values"][0][1] if series else 0
 
 

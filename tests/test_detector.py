@@ -175,6 +175,23 @@ def default_scenario():
     return points_to_frames(points), sim
 
 
+@pytest.mark.parametrize("which", ["fixture", "simulated"])
+def test_grid_scores_are_the_groupby_scores(which, scenario, default_scenario, monkeypatch):
+    """The numpy path over (time, link) codes gives the rows and numbers of the pandas groupby path."""
+    from detector import congestion as module
+    if which == "fixture":
+        _, topology, _, telemetry, _ = scenario
+    else:
+        frames, sim = default_scenario
+        topology, telemetry = sim.topology, load_telemetry(frames)
+    fast = link_congestion(telemetry, topology)
+    monkeypatch.setattr(module._EvidenceGrid, "has_duplicates", lambda self: True)
+    slow = link_congestion(telemetry, topology)
+    assert len(fast.signals) > 100 and fast.scores["score"].max() >= 1
+    pd.testing.assert_frame_equal(fast.signals, slow.signals, check_exact=True)
+    pd.testing.assert_frame_equal(fast.scores, slow.scores, check_exact=True)
+
+
 def check_accuracy(frames, sim) -> Accuracy:
     result = detect(frames, sim.topology, sim.allocations)
     accuracy = evaluate(result, sim.ground_truth.episodes, sim.topology, sim.allocations)

@@ -97,6 +97,12 @@ def test_time_range_fields_and_tags_select_what_is_read(store):
     assert list(store.read("infiniband", tags={"host": "a"}).columns) == ["time", "host", "device", "port", "x", "y"]
 
 
+def test_field_names_list_every_field_for_reads_by_pattern(store):
+    assert store.field_names() == []
+    store.write([ib("a", T, x=1, y=2), Point("ethtool", {"host": "a", "interface": "eth0"}, {"rx_prio3_pause": 5}, T)])
+    assert store.field_names() == ["rx_prio3_pause", "x", "y"]
+
+
 def test_unknown_measurement_reads_as_an_empty_frame(store):
     frame = store.read("nothing")
     assert list(frame.columns) == ["time"] and len(frame) == 0

@@ -310,6 +310,14 @@ class EmbeddedStore:
         rows = self._reader().execute("SELECT DISTINCT measurement FROM series ORDER BY measurement")
         return [measurement for (measurement,) in rows]
 
+    def field_names(self) -> list[str]:
+        """Every field name the store holds (of any measurement), sorted.
+
+        A reader that wants fields by pattern (``rx_prio3_pause``, vendor counters) resolves the
+        pattern against these names and reads only those (``read(..., fields=...)``).
+        """
+        return [name for (name,) in self._reader().execute("SELECT name FROM fields ORDER BY name")]
+
     def time_range(self, measurement: str) -> TimeRange | None:
         """First and last sample time of ``measurement``; None when it has no data."""
         first, last = self._reader().execute(

@@ -137,6 +137,25 @@ class _SpoolingWriter:
                     self._spool(text, len(chunk))
         return len(points)
 
+    def write_line_protocol(self, text: bytes, count: int) -> int:
+        """Write ``count`` points already encoded (validated) as line protocol, in one request; like ``write``."""
+        with self._lock:
+            self._replay()
+            if not text:
+                return 0
+            if self.spool is not None and len(self.spool):
+                self._spool(text, count)
+                return count
+            try:
+                self._send_with_retries(text)
+                self.written += count
+            except InfluxUnavailableError as error:
+                if self.spool is None:
+                    raise
+                log.warning("%s unreachable (%s); spooling to %s", self.what, error, self.spool.directory)
+                self._spool(text, count)
+        return count
+
     def flush(self) -> bool:
         """Try to send everything spooled; True when the spool is empty."""
         with self._lock:
@@ -276,6 +295,9 @@ class AsyncInfluxWriter:
 
     async def write(self, points: Iterable[Point]) -> int:
         return await asyncio.to_thread(self.writer.write, list(points))
+
+    async def write_line_protocol(self, text: bytes, count: int) -> int:
+        return await asyncio.to_thread(self.writer.write_line_protocol, text, count)
 
     async def flush(self) -> bool:
         return await asyncio.to_thread(self.writer.flush)

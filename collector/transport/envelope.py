@@ -48,6 +48,7 @@ MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
 MAX_ENVELOPE_POINTS = 200_000
 _MAX_NAME_CHARS = 256
 
+_NO_TIME = -(1 << 63)  # the parse default for lines without a timestamp; no real line carries it
 _TEXT_KEYS = ("site", "host", "source")
 _INT_KEYS = ("time_ns", "sent_ns", "seq")
 
@@ -93,14 +94,27 @@ class Envelope:
         ).encode()
 
     def parse_points(self, where: str = "<envelope>", max_points: int = MAX_ENVELOPE_POINTS) -> list[Point]:
-        """The points; EnvelopeError(kind="bad_points") for any malformed line or too many points."""
+        """The points; EnvelopeError(kind="bad_points") for any malformed line or too many points.
+
+        A line without a timestamp gets the envelope's ``time_ns``.
+        """
+        return self.validate(where, max_points)[0]
+
+    def validate(self, where: str = "<envelope>", max_points: int = MAX_ENVELOPE_POINTS) -> tuple[list[Point], bool]:
+        """The points, and whether ``points`` can be written to InfluxDB as it is (every line has a timestamp)."""
         # Counting newlines first keeps a hostile message from costing a full parse.
         if self.points.count("\n") > max_points:
             raise EnvelopeError("oversized", where, f"more than {max_points} points")
         try:
-            return parse(self.points, source_name=where, default_time_ns=self.time_ns)
+            points = parse(self.points, source_name=where, default_time_ns=_NO_TIME)
         except LineProtocolError as error:
             raise EnvelopeError("bad_points", where, f"line {error.line_number}: {error.reason}") from None
+        complete = True
+        for point in points:
+            if point.time_ns == _NO_TIME:
+                point.time_ns = self.time_ns
+                complete = False
+        return points, complete
 
 
 def encode_envelope(

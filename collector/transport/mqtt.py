@@ -105,6 +105,10 @@ class MqttSettings:
     """How long a publish waits for its PUBACK before the connection counts as lost."""
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 30.0
+    resume_delay_s: float = 2.0
+    """After a reconnection, how long a publisher keeps spooling before it sends: time for the ingest
+    processes to subscribe again. Mosquitto 2.0.11 does not restore shared subscriptions from its
+    persistence file, so a message it receives after a restart and before they re-subscribe is lost."""
     session_expiry_s: int = 7 * 24 * 3600
     """How long the broker keeps a consumer's session (and its unacknowledged messages) while it is away."""
     receive_maximum: int = 256
@@ -258,6 +262,7 @@ class MqttPublisher:
         self._task: asyncio.Task[None] | None = None
         self._reconnector = _Reconnector(settings, consumer=False)
         self._first_attempt = asyncio.Event()
+        self._was_connected = False
 
     @property
     def connected(self) -> bool:
@@ -339,6 +344,9 @@ class MqttPublisher:
                     self._reconnector.connected()
                     log.info("MQTT publisher connected to %s:%s", client._hostname, client._port)
                     self._lost.clear()
+                    if self._was_connected and self.settings.resume_delay_s:
+                        await asyncio.sleep(self.settings.resume_delay_s)
+                    self._was_connected = True
                     self._client = client
                     self._first_attempt.set()
                     await self._replay(client)
@@ -407,14 +415,20 @@ class RejectCounter:
 
 
 class MqttDelivery(Delivery):
-    """A Delivery that also carries its envelope (site, host, source, times) and topic."""
+    """A Delivery that also carries its envelope (site, host, source, times) and topic.
 
-    __slots__ = ("envelope", "topic")
+    ``line_protocol`` is the validated text of the points, ready for InfluxDB
+    without encoding them again; None when some line lacked a timestamp.
+    """
 
-    def __init__(self, points: list[Point], on_ack: Callable[[], None], envelope: Envelope, topic: str) -> None:
+    __slots__ = ("envelope", "topic", "line_protocol")
+
+    def __init__(self, points: list[Point], on_ack: Callable[[], None], envelope: Envelope, topic: str,
+                 line_protocol: str | None = None) -> None:
         super().__init__(points, on_ack)
         self.envelope = envelope
         self.topic = topic
+        self.line_protocol = line_protocol
 
 
 _END = object()
@@ -507,12 +521,12 @@ class MqttSubscription:
 
         try:
             envelope = decode(payload, where=f"topic {topic}", max_bytes=self.settings.max_message_bytes)
-            points = envelope.parse_points(f"topic {topic} seq {envelope.seq}")
+            points, complete = envelope.validate(f"topic {topic} seq {envelope.seq}")
         except EnvelopeError as error:
             self.rejects.reject(error)
             ack()
             return
-        await self._queue.put(MqttDelivery(points, ack, envelope, topic))
+        await self._queue.put(MqttDelivery(points, ack, envelope, topic, envelope.points if complete else None))
 
 
 class MqttBus:
