@@ -10,7 +10,7 @@ same database server:
 - ``pipeline``: this process publishes ``--points`` points in messages of
   ``--message-points`` (one envelope per source poll, QoS 1, waiting for each
   PUBACK) through Mosquitto; one ingest process (``python -m
-  collector.ingest``, its own process as in production) takes them from a
+  strandwatch ingest``, its own process as in production) takes them from a
   shared subscription, writes them with the InfluxDB v1 writer and
   acknowledges after each write. Timed from the first publish until InfluxDB
   counts every point.
@@ -105,7 +105,7 @@ store:
     )
     log = directory / "ingest.log"
     ingest = subprocess.Popen(
-        [sys.executable, "-m", "collector.ingest", "--config", str(config)], cwd=REPO,
+        [sys.executable, "-m", "detector.cli", "ingest", "--config", str(config)], cwd=REPO,
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:

@@ -29,10 +29,15 @@ from typing import Any
 
 import yaml
 
+from collector.agent import AgentConfig, AgentConfigError
+from collector.agent import parse_config as parse_agent_config
+from collector.sources.snmp.config import SnmpConfig, SnmpConfigError
+from collector.sources.snmp.config import parse_config as parse_snmp_config
 from collector.transport.mqtt import MqttSettings, TlsSettings, shard_filters
 
 __all__ = [
     "ConfigError",
+    "DetectorConfig",
     "IngestConfig",
     "InfluxConfig",
     "RollupConfig",
@@ -115,12 +120,30 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """The streaming detector of ``strandwatch run`` and ``strandwatch detect --follow``."""
+
+    topology: Path
+    jobs: Path
+    interval_s: float = 60.0
+    state_path: Path = Path("/var/lib/strandwatch/detector-state.json")
+    price_per_gpu_hour: float | None = None
+    price_per_kwh: float | None = None
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     site: str
     mqtt: MqttSettings
     ingest: IngestConfig
     store: StoreConfig
     source: str = "<config>"
+    interval_s: float = 10.0
+    """How often the pollers of ``run`` and ``collect`` poll."""
+    snmp: SnmpConfig | None = None
+    agent: AgentConfig | None = None
+    detector: DetectorConfig | None = None
+    health_address: tuple[str, int] = ("127.0.0.1", 9464)
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -148,8 +171,61 @@ def parse_config(document: object, *, source: str = "<config>", environ: Mapping
     mqtt = _mqtt(root.section("mqtt"), site)
     ingest = _ingest(root.section("ingest"))
     store = _store(root.section("store"))
+    interval_s = root.number("interval_s", 10.0, minimum=0.1)
+    base_dir = Path(source).parent if source != "<config>" else Path(".")
+    snmp = _snmp(root, source, base_dir)
+    agent = _agent(root, source)
+    detector = _detector(root.section("detector"))
+    health_address = _address(root, "health_address", "127.0.0.1:9464")
     root.finish()
-    return ServiceConfig(site, mqtt, ingest, store, source)
+    return ServiceConfig(site, mqtt, ingest, store, source, interval_s, snmp, agent, detector, health_address)
+
+
+def _snmp(root: _Section, source: str, base_dir: Path) -> SnmpConfig | None:
+    document = root._get("snmp")
+    if document is _MISSING:
+        return None
+    try:
+        return parse_snmp_config(document, source=f"{source}: snmp", base_dir=base_dir)
+    except SnmpConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _agent(root: _Section, source: str) -> AgentConfig | None:
+    document = root._get("agent")
+    if document is _MISSING:
+        return None
+    try:
+        return parse_agent_config(document, origin=f"{source}: agent")
+    except AgentConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _detector(section: _Section) -> DetectorConfig | None:
+    if not section.present:
+        return None
+    topology = section.path("topology", None, must_exist=True)
+    jobs = section.path("jobs", None, must_exist=True)
+    for key, value in (("topology", topology), ("jobs", jobs)):
+        if value is None:
+            raise section.error(key, "missing; the detector needs the topology file and the jobs file")
+    config = DetectorConfig(
+        topology=Path(topology), jobs=Path(jobs),
+        interval_s=section.number("interval_s", 60.0, minimum=1.0),
+        state_path=Path(section.text("state_path", "/var/lib/strandwatch/detector-state.json")),
+        price_per_gpu_hour=section.number("price_per_gpu_hour", None, minimum=0.0),
+        price_per_kwh=section.number("price_per_kwh", None, minimum=0.0),
+    )
+    section.finish()
+    return config
+
+
+def _address(root: _Section, key: str, default: str) -> tuple[str, int]:
+    text = root.text(key, default)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise root.error(key, f"expected host:port such as 127.0.0.1:9464, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _mqtt(section: _Section, site: str) -> MqttSettings:

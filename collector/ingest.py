@@ -21,7 +21,7 @@ write overwrites the first (same series, field and timestamp).
 - Malformed messages never reach this loop: the subscription validates every
   envelope, counts and drops the bad ones (see ``MqttSubscription.rejects``).
 
-Run it: ``python -m collector.ingest --config /etc/strandwatch/strandwatch.yaml``.
+Run it: ``strandwatch ingest --config /etc/strandwatch/strandwatch.yaml``.
 """
 
 from __future__ import annotations
@@ -29,17 +29,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from collector.bus import Delivery
 from collector.schema import Point
 
-__all__ = ["IngestService", "IngestStats", "PointWriter", "main"]
+if TYPE_CHECKING:
+    from collector.config import ServiceConfig
+
+__all__ = ["IngestService", "IngestStats", "PointWriter", "add_ingest_arguments", "maintain_embedded", "run_ingest_command", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +179,11 @@ class _StoreRefused(Exception):
     """The store said the points themselves are wrong: retrying the same batch cannot help."""
 
 
-async def serve(config_path: str) -> None:
-    """Run one ingest process from the service configuration until SIGTERM or SIGINT."""
-    from collector.config import load_config, open_writer
+async def serve(config: ServiceConfig, stop: asyncio.Event) -> IngestStats:
+    """Run one ingest process until ``stop`` is set; then store and acknowledge what it holds."""
+    from collector.config import open_writer
     from collector.transport.mqtt import MqttSubscription
 
-    config = load_config(config_path)
     writer = open_writer(config.store)
     subscription = MqttSubscription(config.mqtt, config.ingest.filters(config.mqtt))
     service = IngestService(
@@ -192,12 +193,8 @@ async def serve(config_path: str) -> None:
         batch_messages=config.ingest.batch_messages,
         linger_s=config.ingest.linger_s,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await subscription.start()
-    maintenance = asyncio.create_task(_maintain_embedded(config.store, writer))
+    maintenance = asyncio.create_task(maintain_embedded(config.store, writer))
     consuming = asyncio.create_task(service.run())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait((consuming, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -208,9 +205,10 @@ async def serve(config_path: str) -> None:
     maintenance.cancel()
     await writer.close()
     log.info("ingest stopped: %s", service.stats)
+    return service.stats
 
 
-async def _maintain_embedded(store_config, writer, interval_s: float = 60.0) -> None:
+async def maintain_embedded(store_config, writer, interval_s: float = 60.0) -> None:
     """Embedded store only: every ``interval_s``, update the rollups and apply the raw retention."""
     if store_config.backend != "embedded":
         return
@@ -233,14 +231,25 @@ async def _maintain_embedded(store_config, writer, interval_s: float = 60.0) -> 
             rollups.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m collector.ingest", description=__doc__.split("\n\n")[0])
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="the service configuration file (strandwatch.yaml)")
-    parser.add_argument("--log-level", default="INFO")
-    arguments = parser.parse_args(argv)
-    logging.basicConfig(level=arguments.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(arguments.config))
 
 
-if __name__ == "__main__":
-    main()
+def run_ingest_command(args: argparse.Namespace) -> int:
+    """``strandwatch ingest``: the first SIGTERM or SIGINT stores what is held, a second stops at once."""
+    from collector.config import ConfigError, load_config
+    from collector.service.logs import register_secrets, secret_values
+    from collector.service.signals import run_service
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    register_secrets(secret_values(config))
+
+    async def main(signals) -> int:
+        await serve(config, signals.stop)
+        return 0
+
+    return run_service(main, "ingest", "storing and acknowledging what it holds, then stopping")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
 from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute, loss_rows
-from detector.congestion import UTILIZATION, link_congestion
+from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
 from detector.jobs import Allocation
@@ -129,7 +129,7 @@ def decide_window(
 
     scores = congestion.scores
     scores = scores[(scores["time"] > start) & (scores["time"] <= end) & (scores["score"] >= min_link_score)]
-    evidence = _evidence_for(congestion.signals, losses[losses["cause"] == NETWORK])
+    evidence = _evidence_for(congestion.evidence, losses[losses["cause"] == NETWORK])
     host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
     warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
     decided = Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
@@ -137,13 +137,10 @@ def decide_window(
     return decided, telemetry.step_s
 
 
-def _evidence_for(signals: pd.DataFrame, network: pd.DataFrame) -> pd.DataFrame:
+def _evidence_for(evidence: Evidence | FrameEvidence, network: pd.DataFrame) -> pd.DataFrame:
     """The signal rows an episode's evidence may quote: blamed links, at the times they were blamed."""
-    if network.empty or signals.empty:
-        return signals.iloc[:0]
     blamed = network[["time", "links"]].explode("links").dropna().rename(columns={"links": "link"})
-    keep = pd.MultiIndex.from_frame(signals[["time", "link"]]).isin(pd.MultiIndex.from_frame(blamed))
-    return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
+    return evidence.scored_at(blamed)
 
 
 def _pauses_for(host_pause: pd.DataFrame, slow: pd.DataFrame) -> pd.DataFrame:

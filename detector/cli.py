@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from collector.service.logs import configure_logging
@@ -26,9 +27,9 @@ Start here:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from collector import agent
+    from collector import agent, ingest
     from collector.sources.snmp import cli as snmp_cli
-    from detector import demo, evaluate_cli, offline, report
+    from detector import demo, evaluate_cli, offline, report, service
 
     parser = argparse.ArgumentParser(
         prog="strandwatch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,7 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=offline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     offline.add_detect_arguments(detect_parser)
-    detect_parser.set_defaults(handler=offline.run_detect)
+    detect_parser.add_argument("--follow", action="store_true",
+                               help="run as a service: decide every new interval of the configured store, "
+                                    "write results back and log alerts (needs --config)")
+    detect_parser.add_argument("--config", type=Path, metavar="FILE",
+                               help="service configuration for --follow (see collector/strandwatch.sample.yaml)")
+    detect_parser.set_defaults(handler=_detect)
+
+    run_parser = commands.add_parser(
+        "run", help="the whole service in one process: pollers, agent sources, store, streaming detector",
+        description=service.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    service.add_service_arguments(run_parser)
+    run_parser.set_defaults(handler=service.run_all_in_one)
+
+    ingest_parser = commands.add_parser(
+        "ingest", help="take batches from MQTT into the store, acknowledging them once stored",
+        description=ingest.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ingest.add_ingest_arguments(ingest_parser)
+    ingest_parser.set_defaults(handler=ingest.run_ingest_command)
 
     evaluate_parser = commands.add_parser(
         "evaluate", help="score the detector on many seeded simulator scenarios",
@@ -96,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     snmp_cli.add_topology_discover_arguments(discover_parser)
     discover_parser.set_defaults(handler=snmp_cli.run_topology_discover)
     return parser
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from detector import offline, service
+
+    if args.follow:
+        if args.config is None:
+            print("strandwatch detect: --follow needs --config FILE", file=sys.stderr)
+            return 2
+        return service.run_detect_follow(args)
+    return offline.run_detect(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

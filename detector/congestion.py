@@ -107,14 +107,83 @@ class Congestion:
 
     scores: pd.DataFrame
     """time, link, score, local_score, path_score, top_signal: one row per link and interval."""
-    signals: pd.DataFrame
-    """time, link, signal, kind, value, normal, score: the evidence, one row per signal, link and interval."""
+    evidence: Evidence | FrameEvidence
+    """The evidence behind the scores, one entry per signal, link and interval (see ``signals``)."""
     host_pause: pd.DataFrame
     """time, host, signal, value, normal, score: pauses each host sends."""
     host_traffic: pd.DataFrame
     """time, host, tx_bytes, rx_bytes (per second), from NIC counters, else ethtool, else its switch ports."""
     unmapped: dict[str, set[str]] = field(default_factory=dict)
     """Series the topology does not place (e.g. a NIC on a host it lacks), per measurement."""
+
+    @property
+    def signals(self) -> pd.DataFrame:
+        """time, link, signal, value, normal, score, kind: the evidence as a frame (built on each call)."""
+        return self.evidence.frame()
+
+
+class Evidence:
+    """The evidence as arrays over the (time, link) grid: a signal code, value, normal and score per entry.
+
+    A week of a large fabric has tens of millions of entries; as a frame of strings and
+    times they would take gigabytes, and a batch window keeps only the few that an
+    episode quotes (``scored_at``). ``frame()`` builds the whole frame where it is wanted.
+    """
+
+    def __init__(
+        self, times: pd.api.extensions.ExtensionArray, link_names: np.ndarray, cell: np.ndarray, code: np.ndarray,
+        value: np.ndarray, normal: np.ndarray, score: np.ndarray, names: list[str], kinds: list[str],
+    ) -> None:
+        self.times, self.link_names = times, link_names
+        self.cell, self.code, self.value, self.normal, self.score = cell, code, value, normal, score
+        self.names, self.kinds = names, kinds
+
+    def frame(self, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The entries (all, or those at ``rows``) in order: time, link, signal, value, normal, score, kind."""
+        pick = (lambda array: array) if rows is None else (lambda array: array[rows])
+        cell, code = pick(self.cell), pick(self.code)
+        n_links = max(len(self.link_names), 1)
+        return pd.DataFrame({
+            "time": self.times.take(cell // n_links),
+            "link": _strings(self.link_names, cell % n_links),
+            "signal": _strings(self.names, code),
+            "value": pick(self.value),
+            "normal": pick(self.normal),
+            "score": pick(self.score),
+            "kind": _strings(self.kinds, code),
+        })
+
+    def scored_at(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """The entries with a score above 0 at the (time, link) ``pairs``, in order."""
+        n_links = len(self.link_names)
+        if pairs.empty or not len(self.score):
+            return self.frame(np.empty(0, dtype=np.int64))
+        grid_ns = pd.DatetimeIndex(self.times).as_unit("ns").asi8
+        wanted_ns = pd.DatetimeIndex(pairs["time"]).as_unit("ns").asi8
+        time_code = np.minimum(np.searchsorted(grid_ns, wanted_ns), len(grid_ns) - 1)
+        link_code = pd.Index(self.link_names).get_indexer(pairs["link"].to_numpy(dtype=object))
+        known = (grid_ns[time_code] == wanted_ns) & (link_code >= 0)
+        chosen = np.zeros(len(grid_ns) * n_links, dtype=bool)
+        chosen[time_code[known] * n_links + link_code[known]] = True
+        return self.frame(np.flatnonzero(chosen[self.cell] & (self.score > 0)))
+
+
+class FrameEvidence:
+    """The evidence as a frame (the groupby path), with the methods of :class:`Evidence`."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def frame(self) -> pd.DataFrame:
+        return self._frame
+
+    def scored_at(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """The rows with a score above 0 at the (time, link) ``pairs``, in order."""
+        signals = self._frame
+        if pairs.empty or signals.empty:
+            return signals.iloc[:0]
+        keep = pd.MultiIndex.from_frame(signals[["time", "link"]]).isin(pd.MultiIndex.from_frame(pairs[["time", "link"]]))
+        return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
 
 
 def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str, Signal] | None = None) -> Congestion:
@@ -153,14 +222,14 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     ]
     grid = _EvidenceGrid([frame for frame, _ in parts])
     if grid.has_duplicates():
-        evidence = _evidence_by_groupby(parts, ports, signals)
-        scores = _link_scores(evidence)
+        frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
+        evidence, scores = FrameEvidence(frame), _link_scores(frame)
     else:
         evidence, scores = grid.score(parts, ports, signals)
     host_pause = _host_pause(pauses, ports.assign(host=facing_host).dropna(subset=["host"]) if not ports.empty
                              else ports)
     traffic = _host_traffic(telemetry, ports, topology)
-    return Congestion(scores, evidence.reset_index(drop=True), host_pause, traffic, unmapped)
+    return Congestion(scores, evidence, host_pause, traffic, unmapped)
 
 
 class _EvidenceGrid:
@@ -199,8 +268,8 @@ class _EvidenceGrid:
     def score(
         self, parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame,
         signals: dict[str, Signal],
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The evidence (one row per time, link and signal with a value) and the link scores."""
+    ) -> tuple[Evidence, pd.DataFrame]:
+        """The evidence (one entry per time, link and signal with a value) and the link scores."""
         names: list[str] = []
         cells, codes, values = [], [], []
         for (_, columns), frame_cells in zip(parts, self.cells):
@@ -241,15 +310,7 @@ class _EvidenceGrid:
                 names.append(UTILIZATION.name)
                 kinds.append(LOCAL)
 
-        evidence = pd.DataFrame({
-            "time": self.times.take(cell // max(self.n_links, 1)),
-            "link": _strings(self.link_names, cell % max(self.n_links, 1)),
-            "signal": _strings(names, code),
-            "value": value,
-            "normal": normal,
-            "score": score,
-            "kind": _strings(kinds, code),
-        })
+        evidence = Evidence(self.times, self.link_names, cell, code, value, normal, score, names, kinds)
         return evidence, self._link_scores(cell, code, score, names, kinds)
 
     def _link_scores(

@@ -135,15 +135,16 @@ def detect(
     congestion = link_congestion(telemetry, topology, dict(settings.signals))
     attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
     losses = loss_rows(attribution.intervals)
+    evidence = congestion.signals
     episodes, positions = build_episodes(
-        losses, congestion.signals, congestion.host_pause, telemetry.step_s, prices, settings.episodes,
+        losses, evidence, congestion.host_pause, telemetry.step_s, prices, settings.episodes,
         {**settings.signals, UTILIZATION.name: UTILIZATION},
     )
     losses["episode"] = positions
     warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
     return DetectionResult(
         episodes=episodes, intervals=attribution.intervals, losses=losses, congestion=congestion.scores,
-        evidence=congestion.signals, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
+        evidence=evidence, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
         idle_models=attribution.idle_models, prices=prices, switch_of_link=topology.switch_of_link(),
         warnings=warnings,
     )

@@ -48,7 +48,7 @@ from detector.topology import Topology, TopologyError
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``detect`` subcommand's options."""
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="FILE.lp",
                         help="line protocol with interface, infiniband, ethtool and nvidia_smi points ('-': stdin)")
     source.add_argument("--store", metavar="PATH",
@@ -61,8 +61,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=_duration, metavar="DURATION",
                         help="with --store: time decided per pass (default 6h; bounds memory)")
     parser.add_argument("--no-progress", action="store_true", help="with --store: no progress bar on stderr")
-    parser.add_argument("--topology", required=True, metavar="TOPOLOGY.yaml", help="hosts, NICs, switches and uplinks")
-    parser.add_argument("--jobs", required=True, metavar="JOBS.csv", help="job,host,gpus,start,end per allocation")
+    parser.add_argument("--topology", metavar="TOPOLOGY.yaml", help="hosts, NICs, switches and uplinks")
+    parser.add_argument("--jobs", metavar="JOBS.csv", help="job,host,gpus,start,end per allocation")
     parser.add_argument("--price-per-gpu-hour", type=_non_negative, metavar="DOLLARS",
                         help="price of a GPU-hour for every GPU model (default: per model, see docs/detector.md)")
     parser.add_argument("--price-per-kwh", type=_non_negative, metavar="DOLLARS",
@@ -78,6 +78,11 @@ def run_detect(args: argparse.Namespace, out: TextIO | None = None, err: TextIO 
     """Run ``detect`` for parsed arguments; print the result; return the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
+    missing = [flag for flag, given in (("--input or --store", args.input or getattr(args, "store", None)),
+                                        ("--topology", args.topology), ("--jobs", args.jobs)) if not given]
+    if missing:
+        print(f"strandwatch detect: error: missing {', '.join(missing)}", file=err)
+        return 2
     try:
         result = _detect_files(args)
     except (OSError, LineProtocolError, TopologyError, JobsError, TelemetryError, RatesError, ValueError) as error:

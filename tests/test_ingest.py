@@ -72,7 +72,7 @@ store:
 
 def start_ingest(config: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "collector.ingest", "--config", str(config), "--log-level", "DEBUG"],
+        [sys.executable, "-m", "detector.cli", "--log-level", "DEBUG", "ingest", "--config", str(config)],
         cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
