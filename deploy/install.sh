@@ -21,7 +21,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 if [ "$want_tests" = 1 ]; then
-  debian_packages=(snmpd snmp snmpsim ethtool iproute2 procps mosquitto influxdb victoria-metrics chromium poppler-utils)
+  debian_packages=(snmpd snmp snmpsim ethtool iproute2 procps openssl systemd mosquitto nats-server influxdb victoria-metrics chromium poppler-utils)
   missing=()
   for package in "${debian_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -34,7 +34,7 @@ if [ "$want_tests" = 1 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # Debian starts some of these as system services; the tests run their own on free ports.
     if command -v systemctl >/dev/null 2>&1; then
-      for service in snmpd mosquitto influxdb victoria-metrics; do
+      for service in snmpd mosquitto nats-server influxdb victoria-metrics; do
         systemctl is-active --quiet "$service" 2>/dev/null && { $sudo systemctl stop "$service" || true; }
       done
     fi
