@@ -43,3 +43,10 @@ class Point:
         if self._series is None:
             self._series = (self.measurement, tuple(sorted(self.tags.items())))
         return self._series
+
+
+def health_point(source: str, target: str, time_ns: int, *, up: bool, duration_s: float, points: int,
+                 **extra: FieldValue) -> Point:
+    """The ``strandwatch_source`` point every source emits per target and poll (node_exporter style)."""
+    fields: dict[str, FieldValue] = {"up": int(up), "duration_seconds": duration_s, "points": points, **extra}
+    return Point(COLLECTOR_HEALTH, {"source": source, "target": target}, fields, time_ns)

@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from collector.schema import COLLECTOR_HEALTH, Point
+from collector.schema import Point, health_point
 from collector.sources.dcgm.mapping import points_from_samples
 from collector.sources.dcgm.prometheus import PrometheusFormatError, parse_text
 
@@ -117,12 +117,8 @@ class DcgmSource:
         except (ScrapeError, PrometheusFormatError) as err:
             log.warning("dcgm: %s", err)
             up = 0
-        health = Point(
-            COLLECTOR_HEALTH,
-            {"source": self.name, "target": self.url},
-            {"up": up, "duration_seconds": time.perf_counter() - started, "points": len(points)},
-            time_ns,
-        )
+        health = health_point(self.name, self.url, time_ns, up=up, duration_s=time.perf_counter() - started,
+                              points=len(points))
         return [*points, health]
 
     async def close(self) -> None:

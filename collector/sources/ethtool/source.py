@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from collector.schema import COLLECTOR_HEALTH, ETHTOOL, FieldValue, Point
+from collector.schema import ETHTOOL, FieldValue, Point, health_point
 from collector.sources.ethtool.backend import EthtoolBackend
 from collector.sources.ethtool.kernel import KernelEthtoolBackend
 
@@ -134,12 +134,8 @@ class EthtoolSource:
         except Exception as err:  # a backend must not raise here; report it as a failed poll
             log.warning("ethtool: backend %s failed: %r", type(self.backend).__name__, err)
             up = 0
-        health = Point(
-            COLLECTOR_HEALTH,
-            {"source": self.name, "target": self.host},
-            {"up": up, "duration_seconds": time.perf_counter() - started, "points": len(points)},
-            time_ns,
-        )
+        health = health_point(self.name, self.host, time_ns, up=up, duration_s=time.perf_counter() - started,
+                              points=len(points))
         return [*points, health]
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any, Mapping
 
-from collector.schema import COLLECTOR_HEALTH, NVIDIA_SMI, FieldValue, Point
+from collector.schema import NVIDIA_SMI, FieldValue, Point, health_point
 from collector.sources.gpu.backend import GpuBackend, GpuSample, MigSample
 from collector.sources.gpu.nvml import NvmlBackend
 from collector.sources.gpu.processes import GpuProcess, ProcessTable
@@ -179,12 +179,8 @@ class GpuSource:
             points = []
         if self.process_table is not None:
             self.process_table.update(time_ns, processes)
-        health = Point(
-            COLLECTOR_HEALTH,
-            {"source": self.name, "target": self.host},
-            {"up": up, "duration_seconds": time.perf_counter() - started, "points": len(points)},
-            time_ns,
-        )
+        health = health_point(self.name, self.host, time_ns, up=up, duration_s=time.perf_counter() - started,
+                              points=len(points))
         return [*points, health]
 
     async def close(self) -> None:

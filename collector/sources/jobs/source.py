@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from collector.schema import COLLECTOR_HEALTH, JOB_GPU, FieldValue, Point
+from collector.schema import JOB_GPU, FieldValue, Point, health_point
 from collector.sources.gpu import GpuProcess, ProcessTable
 from collector.sources.jobs.slurm import slurm_job_of
 from collector.sources.jobs.static import StaticJobs
@@ -123,12 +123,8 @@ class JobsSource:
         if self.process_table is not None:
             processes = await self.process_table.wait_for(time_ns, self.wait_s)
         points = await asyncio.to_thread(self.read, processes, time_ns)
-        health = Point(
-            COLLECTOR_HEALTH,
-            {"source": self.name, "target": self.host},
-            {"up": 1, "duration_seconds": time.perf_counter() - started, "points": len(points)},
-            time_ns,
-        )
+        health = health_point(self.name, self.host, time_ns, up=1, duration_s=time.perf_counter() - started,
+                              points=len(points))
         return [*points, health]
 
     async def close(self) -> None:

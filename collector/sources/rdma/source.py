@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from collector.schema import COLLECTOR_HEALTH, INFINIBAND, FieldValue, Point
+from collector.schema import INFINIBAND, FieldValue, Point, health_point
 from collector.sources.rdma.sysfs import INFINIBAND_CLASS, DeviceGone, PortReading, read_device
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,8 @@ class RdmaSource:
         except OSError as err:
             log.warning("rdma: cannot read %s: %s", self._class_dir, err)
             up = 0
-        health = Point(
-            COLLECTOR_HEALTH,
-            {"source": self.name, "target": self.host},
-            {"up": up, "duration_seconds": time.perf_counter() - started, "points": len(points)},
-            time_ns,
-        )
+        health = health_point(self.name, self.host, time_ns, up=up, duration_s=time.perf_counter() - started,
+                              points=len(points))
         return [*points, health]
 
     async def close(self) -> None:

@@ -36,7 +36,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from collector.schema import COLLECTOR_HEALTH, INTERFACE, FieldValue, Point
+from collector.schema import INTERFACE, FieldValue, Point, health_point
 from collector.sources.snmp import ber, ifmib
 from collector.sources.snmp.config import SnmpConfig, SnmpTarget
 from collector.sources.snmp.session import Session, SnmpClient, pysnmp_auth
@@ -167,12 +167,13 @@ class SnmpSource:
     def _health(
         self, state: _TargetState, time_ns: int, up: int, duration: float, points: int, *, skipped: bool = False
     ) -> Point:
-        fields: dict[str, FieldValue] = {"up": up, "duration_seconds": duration, "points": points}
-        if not up:
-            fields["consecutive_failures"] = state.consecutive_failures
-            fields["retry_in_seconds"] = max(0.0, state.retry_at - time.monotonic())
-            fields["skipped"] = int(skipped)
-        return Point(COLLECTOR_HEALTH, {"source": self.name, "target": state.target.name}, fields, time_ns)
+        failure: dict[str, FieldValue] = {} if up else {
+            "consecutive_failures": state.consecutive_failures,
+            "retry_in_seconds": max(0.0, state.retry_at - time.monotonic()),
+            "skipped": int(skipped),
+        }
+        return health_point(self.name, state.target.name, time_ns, up=bool(up), duration_s=duration, points=points,
+                            **failure)
 
     async def _poll(self, state: _TargetState, time_ns: int) -> list[Point]:
         target = state.target
