@@ -40,82 +40,52 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    demo_parser = commands.add_parser(
-        "demo", help="simulate a cluster and run the whole pipeline end to end",
-        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_demo_arguments(demo_parser)
-    demo_parser.set_defaults(handler=demo.run_demo)
+    def command(group, name: str, help: str, description: str | None, add_arguments, handler) -> None:
+        sub = group.add_parser(name, help=help, description=description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(sub)
+        sub.set_defaults(handler=handler)
 
-    detect_parser = commands.add_parser(
-        "detect", help="detect stranded compute in collected telemetry",
-        description=offline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    offline.add_detect_arguments(detect_parser)
-    detect_parser.add_argument("--follow", action="store_true",
-                               help="run as a service: decide every new interval of the configured store, "
-                                    "write results back and log alerts (needs --config)")
-    detect_parser.add_argument("--config", type=Path, metavar="FILE",
-                               help="service configuration for --follow (see collector/strandwatch.sample.yaml)")
-    detect_parser.set_defaults(handler=_detect)
-
-    run_parser = commands.add_parser(
-        "run", help="the whole service in one process: pollers, agent sources, store, streaming detector",
-        description=service.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    service.add_service_arguments(run_parser)
-    run_parser.set_defaults(handler=service.run_all_in_one)
-
-    ingest_parser = commands.add_parser(
-        "ingest", help="take batches from MQTT into the store, acknowledging them once stored",
-        description=ingest.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ingest.add_ingest_arguments(ingest_parser)
-    ingest_parser.set_defaults(handler=ingest.run_ingest_command)
-
-    evaluate_parser = commands.add_parser(
-        "evaluate", help="score the detector on many seeded simulator scenarios",
-        description=evaluate_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    evaluate_cli.add_evaluate_arguments(evaluate_parser)
-    evaluate_parser.set_defaults(handler=evaluate_cli.run_evaluate)
-
-    report_parser = commands.add_parser(
-        "report", help="write the weekly report (HTML, PDF, CSV) from the store",
-        description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    report.add_report_arguments(report_parser)
-    report_parser.set_defaults(handler=report.run_report)
-
-    agent_parser = commands.add_parser(
-        "agent", help="the node agent: RDMA, ethtool, GPU and job sources of this host",
-        description=agent.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    agent.add_agent_arguments(agent_parser)
-    agent_parser.set_defaults(handler=agent.run_agent_command)
-
-    collect_parser = commands.add_parser("collect", help="run one central collector (SNMP switch poller)")
-    collectors = collect_parser.add_subparsers(dest="collector", metavar="SOURCE")
+    command(commands, "demo", "simulate a cluster and run the whole pipeline end to end",
+            demo.__doc__, demo.add_demo_arguments, demo.run_demo)
+    command(commands, "detect", "detect stranded compute in collected telemetry (batch, or --follow as a service)",
+            offline.__doc__, _add_detect_arguments, _detect)
+    command(commands, "run", "the whole service in one process: pollers, agent sources, store, streaming detector",
+            service.__doc__, service.add_service_arguments, service.run_all_in_one)
+    command(commands, "agent", "the node agent: RDMA, ethtool, GPU and job sources of this host",
+            agent.__doc__, agent.add_agent_arguments, agent.run_agent_command)
+    collect = commands.add_parser("collect", help="run one central collector (the SNMP switch poller)")
+    collectors = collect.add_subparsers(dest="collector", metavar="SOURCE")
     collectors.required = True
-    snmp_parser = collectors.add_parser(
-        "snmp", help="poll switches over SNMP and print their counters as line protocol",
-        description="Poll the switches of an SNMP configuration (see collector/sources/snmp/sample.yaml) "
-                    "and print each poll as line protocol; --once polls once.",
-    )
-    snmp_cli.add_collect_snmp_arguments(snmp_parser)
-    snmp_parser.set_defaults(handler=snmp_cli.run_collect_snmp)
-
-    topology_parser = commands.add_parser("topology", help="build the topology file")
-    topology_commands = topology_parser.add_subparsers(dest="topology_command", metavar="ACTION")
+    command(collectors, "snmp", "poll switches over SNMP",
+            "Poll the switches of an SNMP configuration (see collector/sources/snmp/sample.yaml); "
+            "--once --output - prints one poll as line protocol.",
+            snmp_cli.add_collect_snmp_arguments, snmp_cli.run_collect_snmp)
+    command(commands, "ingest", "take batches from MQTT into the store, acknowledging them once stored",
+            ingest.__doc__, ingest.add_ingest_arguments, ingest.run_ingest_command)
+    topology = commands.add_parser("topology", help="build the topology file")
+    topology_commands = topology.add_subparsers(dest="topology_command", metavar="ACTION")
     topology_commands.required = True
-    discover_parser = topology_commands.add_parser(
-        "discover", help="write a topology file from the switches' LLDP tables",
-        description="Walk the LLDP tables of the switches of an SNMP configuration and write a topology "
-                    "file in the format of docs/detect.md.",
-    )
-    snmp_cli.add_topology_discover_arguments(discover_parser)
-    discover_parser.set_defaults(handler=snmp_cli.run_topology_discover)
+    command(topology_commands, "discover", "write a topology file from the switches' LLDP tables",
+            "Walk the LLDP tables of the switches of an SNMP configuration and write a topology file "
+            "in the format of docs/detect.md.",
+            snmp_cli.add_topology_discover_arguments, snmp_cli.run_topology_discover)
+    command(commands, "report", "write the weekly report (HTML, PDF, CSV) from the store",
+            report.__doc__, report.add_report_arguments, report.run_report)
+    command(commands, "evaluate", "score the detector on many seeded simulator scenarios",
+            evaluate_cli.__doc__, evaluate_cli.add_evaluate_arguments, evaluate_cli.run_evaluate)
     return parser
+
+
+def _add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    from detector import offline
+
+    offline.add_detect_arguments(parser)
+    parser.add_argument("--follow", action="store_true",
+                        help="run as a service: decide every new interval of the configured store, "
+                             "write results back and log alerts (needs --config)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="service configuration for --follow (see collector/strandwatch.sample.yaml)")
 
 
 def _detect(args: argparse.Namespace) -> int:
