@@ -28,6 +28,15 @@ swaps the sources between two polls.
 
 ``strandwatch agent --config FILE --once --output -`` prints one sample as
 line protocol; without ``--once`` it prints every poll until stopped.
+
+To publish to MQTT instead, give ``--config`` a service configuration
+(``collector/strandwatch.sample.yaml``) holding this file's keys in an
+``agent:`` section beside ``mqtt:`` (brokers, TLS, the spool) and
+``health_address``: the agent then runs as a service and publishes each
+source's poll as one message on ``<prefix>/<site>/<source>/<agent host>``,
+with ``/healthz``, ``/readyz`` and ``/metrics``; ``--output`` prints line
+protocol instead. It polls every ``agent.interval_s`` when the section sets
+it, else every top-level ``interval_s``.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TextIO
 
 import yaml
 
@@ -59,6 +68,9 @@ from collector.sources.gpu import GpuSource, ProcessTable
 from collector.sources.jobs import JobsFileError, JobsSource
 from collector.sources.jobs.source import DEFAULT_WAIT_S
 from collector.sources.rdma import RdmaSource
+
+if TYPE_CHECKING:
+    from collector.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -342,10 +354,13 @@ async def run_agent(
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``strandwatch agent``."""
     parser.add_argument(
-        "--config", type=Path, help="agent configuration (YAML); default: every source with its defaults"
+        "--config", type=Path,
+        help="agent configuration (YAML: print line protocol), or a service configuration with agent: and mqtt: "
+             "sections (publish to MQTT); default: every source with its defaults, printed",
     )
     parser.add_argument("--once", action="store_true", help="poll once, print the sample and exit")
-    parser.add_argument("--output", help="'-' for stdout or a file to append line protocol to (default: the config's)")
+    parser.add_argument("--output", help="'-' for stdout or a file to append line protocol to, instead of "
+                                         "publishing (default: the agent configuration's output)")
     parser.add_argument("--host", help="host name to report (default: the config's, else this machine's)")
 
 
@@ -395,13 +410,29 @@ def run_agent_command(args: argparse.Namespace) -> int:
     waiting for sources that may be stuck in a driver call. SIGHUP re-reads
     ``--config`` and rebuilds the sources between two polls.
     """
+    from collector.config import ConfigError, read_service_document
+    from collector.config import load_config as load_service_config
+
     try:
-        config = load_config(args.config) if args.config else parse_config({}, "<defaults>")
+        service = None
+        document = read_service_document(args.config) if args.config else None
+        if document is not None:
+            service = load_service_config(args.config)
+            if service.agent is None:
+                raise AgentConfigError(f"{args.config}: no 'agent' section: nothing to poll")
+            config = service.agent
+            section = document.get("agent") if isinstance(document.get("agent"), dict) else {}
+            if "interval_s" not in section:
+                config.interval_s = service.interval_s
+        else:
+            config = load_config(args.config) if args.config else parse_config({}, "<defaults>")
         if args.host:
             config.host = args.host
         sources = build_sources(config)
+        if service is not None and not args.once and not args.output:
+            return _publish(service, config, sources, args)
         output = _open_output(args.output or config.output)
-    except (AgentConfigError, OSError) as err:
+    except (AgentConfigError, ConfigError, OSError) as err:
         print(f"strandwatch agent: {err}", file=sys.stderr)
         return 2
     try:
@@ -421,6 +452,35 @@ def run_agent_command(args: argparse.Namespace) -> int:
         output.flush()
         if output is not sys.stdout:
             output.close()
+
+
+def _publish(service: ServiceConfig, config: AgentConfig, sources: list[Source], args: argparse.Namespace) -> int:
+    """The agent as a service publishing to ``service.mqtt`` (see the module docstring)."""
+    from collector.config import load_config as load_service_config
+    from collector.service.logs import register_secrets, secret_values
+    from collector.service.publish import serve_publishing
+    from collector.service.signals import run_service
+
+    register_secrets(secret_values(service))
+    agent = Agent(config, sources)
+
+    def rebuild() -> list[Source]:
+        fresh = load_service_config(args.config).agent
+        if fresh is None:
+            raise AgentConfigError(f"{args.config}: the 'agent' section is gone; keeping the running sources")
+        fresh.host = config.host
+        fresh.interval_s = config.interval_s
+        return build_sources(fresh)
+
+    async def poll(current: Sequence[Source], time_ns: int) -> list[list[Point]]:
+        agent.sources = list(current)
+        return await agent.poll(time_ns)
+
+    source_set = SourceSet(sources, rebuild, "agent")
+    return run_service(
+        lambda signals: serve_publishing(service, source_set, config.interval_s, signals, host=config.host, poll=poll),
+        "agent", "finishing the current poll, publishing it and flushing the spool",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "open_writer",
     "parse_config",
+    "read_service_document",
 ]
 
 ENVIRONMENT_OVERRIDES = {
@@ -160,6 +161,29 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
     return parse_config(document if document is not None else {}, source=str(path), environ=environ)
 
 
+SERVICE_ONLY_KEYS = ("site", "mqtt", "ingest", "store", "snmp", "agent", "detector", "health_address")
+"""Top-level keys that only a service configuration has (not a plain SNMP or agent file)."""
+
+
+def read_service_document(path: str | Path) -> dict | None:
+    """The YAML mapping in ``path`` when it is a service configuration, else None.
+
+    ``collect snmp`` and ``agent`` take either a service configuration (with
+    ``mqtt:`` and their ``snmp:`` or ``agent:`` section) or their plain
+    source file; a top-level key of SERVICE_ONLY_KEYS tells them apart.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if isinstance(document, dict) and any(key in document for key in SERVICE_ONLY_KEYS):
+        return document
+    return None
+
+
 def parse_config(document: object, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> ServiceConfig:
     """Validate an already parsed configuration document (see ``load_config``)."""
     environ = os.environ if environ is None else environ
@@ -170,6 +194,9 @@ def parse_config(document: object, *, source: str = "<config>", environ: Mapping
     site = root.text("site", "default")
     mqtt = _mqtt(root.section("mqtt"), site)
     ingest = _ingest(root.section("ingest"))
+    if mqtt.protocol == "3.1.1" and not ingest.topics and not ingest.shard_count and "ingest" in root.document:
+        raise ConfigError(f"{source}: ingest: MQTT 3.1.1 (mqtt.protocol) has no shared subscriptions: "
+                          "give ingest.shard or ingest.topics")
     store = _store(root.section("store"))
     interval_s = root.number("interval_s", 10.0, minimum=0.1)
     base_dir = Path(source).parent if source != "<config>" else Path(".")
@@ -269,6 +296,7 @@ def _mqtt(section: _Section, site: str) -> MqttSettings:
         session_expiry_s=section.integer("session_expiry_s", 7 * 24 * 3600, minimum=0),
         receive_maximum=section.integer("receive_maximum", 256, minimum=1, maximum=65535),
         max_message_bytes=section.integer("max_message_mb", 8, minimum=1) * 1024 * 1024,
+        protocol=section.text("protocol", "5"),
         spool_dir=Path(spool.text("path", "/var/lib/strandwatch/spool/mqtt")),
         spool_max_bytes=spool.integer("max_mb", 256, minimum=1) * 1024 * 1024,
     )

@@ -62,6 +62,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import HuberRegressor
+from threadpoolctl import threadpool_limits
 
 from detector.congestion import Congestion
 from detector.jobs import Allocation
@@ -153,10 +154,15 @@ def attribute(
     if samples.empty:
         return Attribution(pd.DataFrame(columns=INTERVAL_COLUMNS), {})
     frames, models = [], {}
+    # Per job, the link scores on its path: links as integer codes, so a job's selection is no string search.
+    link_codes, link_names = pd.factorize(congestion.scores["link"])
+    link_index = pd.Index(link_names)
     for job, job_samples in samples.groupby("job", sort=True):
         mine = members[members["job"] == job]
         gpus = list(zip(mine["host"], mine["gpu"]))
-        frame, model = _attribute_job(str(job), job_samples, gpus, congestion, topology, settings)
+        path = link_index.get_indexer(list(topology.path_links(gpus)))
+        on_path = congestion.scores[np.isin(link_codes, path[path >= 0])]
+        frame, model = _attribute_job(str(job), job_samples, gpus, on_path, congestion, topology, settings)
         # Every allocated GPU loses the time, also those whose sample is missing in an interval.
         frame["n_gpus"] = _allocated(mine, frame["time"])
         frames.append(frame)
@@ -191,9 +197,10 @@ def _allocated(members: pd.DataFrame, times: pd.Series) -> np.ndarray:
 
 
 def _attribute_job(
-    job: str, samples: pd.DataFrame, gpus: list[tuple[str, int]], congestion: Congestion, topology: Topology,
-    settings: AttributionSettings,
+    job: str, samples: pd.DataFrame, gpus: list[tuple[str, int]], on_path: pd.DataFrame, congestion: Congestion,
+    topology: Topology, settings: AttributionSettings,
 ) -> tuple[pd.DataFrame, IdleLossModel]:
+    """One job's intervals; ``on_path`` holds the link scores of the links on its path."""
     grouped = samples.groupby("time")
     host_busy = samples.groupby(["time", "host"])["busy"].mean().unstack("host")
     frame = pd.DataFrame({
@@ -208,7 +215,6 @@ def _attribute_job(
 
     frame = frame.join(_own_pause(congestion.host_pause, hosts), how="left")
     frame["pause_score"] = frame["pause_score"].fillna(0.0)
-    on_path = congestion.scores[congestion.scores["link"].isin(topology.path_links(gpus))]
     frame = frame.join(_path_state(on_path, settings), how="left")
     for column in ("path_score", "local_score"):
         frame[column] = frame[column].fillna(0.0)
@@ -367,7 +373,9 @@ def idle_loss_model(frame: pd.DataFrame, clean: pd.Series, settings: Attribution
     loss = frame.loc[usable, "loss_fraction"].to_numpy(dtype=float)
     if len(idle) < settings.min_fit_intervals or (idle >= 0.2).sum() < 2:
         return IDENTITY
-    fit = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=500).fit(idle.reshape(-1, 1), loss)
+    # A fit of a few hundred points is all thread start-up: on 2 cores BLAS threads made it 30x slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        fit = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=500).fit(idle.reshape(-1, 1), loss)
     slope = float(fit.coef_[0])
     if not 0.5 <= slope <= 2.0:
         return IDENTITY  # a fit this far from one instrument tracking the other is not to be trusted

@@ -33,7 +33,7 @@ from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
 from detector.jobs import Allocation
 from detector.pricing import Prices
-from detector.telemetry import TelemetryError, load_telemetry, used_fields
+from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
 from detector.topology import Topology
 
 MEASUREMENTS = (INTERFACE, INFINIBAND, ETHTOOL, NVIDIA_SMI)
@@ -119,6 +119,14 @@ def decide_window(
     Returns what was decided and the grid's interval (``step_s``, or the data's when None).
     """
     telemetry = load_telemetry(frames, step_s if step_s is not None else settings.step_s)
+    return decide_telemetry(telemetry, topology, allocations, start, end, settings, min_link_score), telemetry.step_s
+
+
+def decide_telemetry(
+    telemetry: Telemetry, topology: Topology, allocations: Sequence[Allocation], start: pd.Timestamp,
+    end: pd.Timestamp, settings: DetectorSettings, min_link_score: float = DEFAULT_MIN_LINK_SCORE,
+) -> Decided:
+    """:func:`decide_window` from the telemetry already on its grid (the frames read need not be kept)."""
     congestion = link_congestion(telemetry, topology, dict(settings.signals))
     attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
     intervals = attribution.intervals
@@ -132,9 +140,8 @@ def decide_window(
     evidence = _evidence_for(congestion.evidence, losses[losses["cause"] == NETWORK])
     host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
     warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
-    decided = Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
-                      evidence, host_pause, warnings)
-    return decided, telemetry.step_s
+    return Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
+                   evidence, host_pause, warnings)
 
 
 def _evidence_for(evidence: Evidence | FrameEvidence, network: pd.DataFrame) -> pd.DataFrame:
@@ -209,10 +216,13 @@ def detect_store(
         frames = read_frames(store, window_start - context, window_end)
         if frames:
             try:
-                part, step_s = decide_window(frames, topology, _overlapping(allocations, window_start - context,
-                                                                            window_end),
-                                             window_start, window_end, step_s, settings, windows.min_link_score)
-                parts.append(part)
+                telemetry = load_telemetry(frames, step_s if step_s is not None else settings.step_s)
+                del frames  # the raw frames are the largest thing held; the rates on the grid are all that is left
+                parts.append(decide_telemetry(telemetry, topology, _overlapping(allocations, window_start - context,
+                                                                                window_end),
+                                              window_start, window_end, settings, windows.min_link_score))
+                step_s = telemetry.step_s
+                del telemetry
             except TelemetryError as error:
                 if "no series has two samples" not in str(error):
                     raise

@@ -279,11 +279,11 @@ class _EvidenceGrid:
                 value = series.to_numpy(dtype=float)
                 rows = np.flatnonzero(~np.isnan(value))
                 cells.append(frame_cells[rows])
-                codes.append(np.full(len(rows), len(names), dtype=np.int64))
+                codes.append(np.full(len(rows), len(names), dtype=np.int16))
                 values.append(value[rows])
                 names.append(name)
         cell = np.concatenate(cells) if cells else np.empty(0, dtype=np.int64)
-        code = np.concatenate(codes) if codes else np.empty(0, dtype=np.int64)
+        code = np.concatenate(codes) if codes else np.empty(0, dtype=np.int16)
         value = np.concatenate(values) if values else np.empty(0)
         link = cell % max(self.n_links, 1)
         normal = _normals(value, link, code, self.n_links, [signals[name] for name in names])
@@ -303,7 +303,7 @@ class _EvidenceGrid:
                 used_link = used_cell % self.n_links
                 ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
                 cell = np.concatenate([cell, used_cell])
-                code = np.concatenate([code, np.full(len(rows), len(names), dtype=np.int64)])
+                code = np.concatenate([code, np.full(len(rows), len(names), dtype=np.int16)])
                 value = np.concatenate([value, used])
                 normal = np.concatenate([normal, _group_quantile(used, used_link, self.n_links, 0.5)[used_link]])
                 score = np.concatenate([score, UTILIZATION_CAP * ramp.clip(0, 1)])
@@ -362,8 +362,8 @@ def _group_quantile(values: np.ndarray, groups: np.ndarray, n_groups: int, quant
     The same numbers as pandas' ``groupby().quantile()``, and at 0.5 as its ``median()`` (the mean of
     the middle two).
     """
-    order = np.lexsort((values, groups))
-    ordered = values[order]
+    by_value = np.argsort(values)
+    ordered = values[by_value[np.argsort(groups[by_value], kind="stable")]]
     counts = np.bincount(groups, minlength=n_groups)
     starts = np.cumsum(counts) - counts
     result = np.full(n_groups, np.nan)
@@ -420,8 +420,8 @@ def _switch_ports(ports: pd.DataFrame, topology: Topology) -> pd.DataFrame:
     if ports.empty:
         return ports.assign(link=pd.Series(dtype=str))
     agents = _switch_agents(topology)
-    agent = map_series(ports["agent_host"], agents).fillna(ports["agent_host"])
-    return ports.assign(link=agent + ":" + ports["port"])
+    links = map_keys([ports["agent_host"], ports["port"]], lambda agent, port: f"{agents.get(agent, agent)}:{port}")
+    return ports.assign(link=links)
 
 
 def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[str]]) -> pd.DataFrame:
@@ -463,10 +463,9 @@ def _pause_links(
         device = by_netdev.get((host, netdev)) or single.get(host)
         return device, links.get((host, device)) if device else None
 
-    placed = map_keys([pauses["host"], pauses["netdev"]], place)
-    devices = [device for device, _ in placed]
-    mapped = [link for _, link in placed]
-    unplaced = pauses.loc[[link is None for link in mapped], ["host", "netdev"]].drop_duplicates()
+    devices = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[0])
+    mapped = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[1])
+    unplaced = pauses.loc[pd.isna(mapped), ["host", "netdev"]].drop_duplicates()
     missing = {f"{host}/{netdev}" for host, netdev in unplaced.itertuples(index=False)}
     if missing:
         unmapped["ethtool"] = missing

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import TIME, counter_rates, map_keys
+from detector.rates import TIME, counter_rates, map_keys, utc_times
 
 
 class TelemetryError(ValueError):
@@ -195,7 +195,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     covered = frame["interval_s"].to_numpy(dtype=float)
     covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
     bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
-    frame = frame.assign(**{TIME: pd.to_datetime(bins * int(round(step_ns)), utc=True)})
+    frame = frame.assign(**{TIME: utc_times(bins * int(round(step_ns)))})
     if not frame.duplicated([TIME, *keys]).any():
         return frame.reset_index(drop=True)
     numeric = [c for c in frame.columns

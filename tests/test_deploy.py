@@ -159,7 +159,8 @@ def test_the_agent_daemonset_sees_the_host():
     config = yaml.safe_load(next(doc for doc in kubernetes_documents()
                                  if doc["metadata"]["name"] == "strandwatch-agent"
                                  and doc["kind"] == "ConfigMap")["data"]["agent.yaml"])
-    assert config["sources"]["rdma"]["sysfs_root"] == "/host/sys"
+    assert config["agent"]["sources"]["rdma"]["sysfs_root"] == "/host/sys"
+    assert config["mqtt"]["spool"]["path"].startswith("/var/lib/strandwatch/")
 
 
 # --- compose -------------------------------------------------------------------------------------
@@ -190,7 +191,60 @@ def test_compose_file_wires_the_stack():
     for name in ("collect", "ingest", "detect"):
         service = services[name]
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
-        assert service["command"][0] == name and "/etc/strandwatch/strandwatch.yaml" in service["command"]
+        assert parse_command(service["command"]).command == name
+        assert "/etc/strandwatch/strandwatch.yaml" in service["command"]
+
+
+def parse_command(argv: list[str]):
+    """``argv`` parsed by strandwatch's own parser: the command line exists, options and all."""
+    from detector.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def deploy_command_lines() -> dict[str, list[str]]:
+    """Every strandwatch command line the deploy files start, by where it is."""
+    lines = {}
+    for unit in UNITS:
+        exec_start = unit_settings(unit)["Service"]["ExecStart"][-1].split()
+        lines[unit.name] = exec_start[1:]
+    for name, service in yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"].items():
+        if service.get("image", "").startswith("strandwatch:"):
+            lines[f"compose {name}"] = service["command"]
+    for doc in kubernetes_documents():
+        if doc["kind"] in ("DaemonSet", "Deployment"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                lines[f"{doc['kind']}/{doc['metadata']['name']}"] = container["args"]
+    return lines
+
+
+def test_every_deploy_command_line_parses_and_names_a_service_configuration():
+    lines = deploy_command_lines()
+    commands = {}
+    for where, argv in lines.items():
+        args = parse_command(argv)
+        assert args.log_format == "json", where
+        commands[where] = " ".join(filter(None, (args.command, getattr(args, "collector", None))))
+        assert str(args.config).startswith("/etc/strandwatch/"), where
+    assert commands["strandwatch-collect.service"] == "collect snmp"
+    assert commands["strandwatch-agent.service"] == "agent"
+    assert commands["DaemonSet/strandwatch-agent"] == "agent"
+    assert set(commands.values()) == {"collect snmp", "agent", "ingest", "detect", "run"}
+    assert all(parse_command(argv).follow for where, argv in lines.items() if commands[where] == "detect")
+
+
+def test_the_agent_configuration_publishes():
+    """The DaemonSet's agent.yaml is a service configuration with an agent section: the agent publishes."""
+    from collector.config import parse_config
+
+    config_map = next(doc for doc in kubernetes_documents()
+                      if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "strandwatch-agent")
+    document = yaml.safe_load(config_map["data"]["agent.yaml"])
+    assert document["agent"]["sources"]
+    tls = document["mqtt"].pop("tls")  # its files exist only in the pod
+    assert tls["cert_file"] and tls["key_file"]
+    config = parse_config(document, environ={})
+    assert config.agent is not None and config.agent.sources["rdma"] == {"sysfs_root": "/host/sys"}
 
 
 # --- Mosquitto: TLS, per-agent passwords, the ACL ---------------------------------------------

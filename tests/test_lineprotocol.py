@@ -395,3 +395,18 @@ def test_fast_paths_agree_with_the_scanner(series, fields, tail):
             parse(line, default_time_ns=0)
         return
     assert parse(line, default_time_ns=0) == ([expected] if expected is not None else [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["\\", '"', "m,", "=", ",", " ", "m f=\"", "\\\n", "m,a=b f=1i", "é"]), st.integers(1, 50_000))
+def test_parse_of_pathological_repetition_does_not_hang(unit, count):
+    """Long runs of escapes, quotes and separators (an unterminated string across the whole input) parse in
+    time linear in their length: a hostile message cannot stall the reader."""
+    text = unit * count
+    started = time.monotonic()
+    try:
+        parse(text, default_time_ns=0)
+    except LineProtocolError:
+        pass
+    parse(text, default_time_ns=0, errors="skip")
+    assert time.monotonic() - started < 2.0, f"{len(text)} characters took {time.monotonic() - started:.1f} s"

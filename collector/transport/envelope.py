@@ -48,6 +48,7 @@ MAX_ENVELOPE_BYTES = 8 * 1024 * 1024
 MAX_ENVELOPE_POINTS = 200_000
 _MAX_NAME_CHARS = 256
 
+_INT64_LIMIT = 1 << 63
 _NO_TIME = -(1 << 63)  # the parse default for lines without a timestamp; no real line carries it
 _TEXT_KEYS = ("site", "host", "source")
 _INT_KEYS = ("time_ns", "sent_ns", "seq")
@@ -155,7 +156,9 @@ def decode(payload: bytes, *, where: str = "<message>", max_bytes: int = MAX_ENV
         raise EnvelopeError("oversized", where, f"{len(payload)} bytes, over the {max_bytes}-byte limit")
     try:
         document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:  # nesting deeper than the JSON decoder's recursion limit
+        raise EnvelopeError("not_json", where, "not a JSON envelope (nested too deeply)") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise EnvelopeError("not_json", where, f"not a JSON envelope ({error})") from None
     if not isinstance(document, dict):
         raise EnvelopeError("not_object", where, f"envelope is a JSON {type(document).__name__}, not an object")
@@ -176,8 +179,9 @@ def decode(payload: bytes, *, where: str = "<message>", max_bytes: int = MAX_ENV
             raise EnvelopeError("bad_value", where, str(error)) from None
     for key in _INT_KEYS:
         value = document[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise EnvelopeError("bad_value", where, f"{key!r} must be a non-negative integer, not {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _INT64_LIMIT:
+            shown = repr(value) if not isinstance(value, int) or value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+            raise EnvelopeError("bad_value", where, f"{key!r} must be a non-negative integer below 2**63, not {shown}")
     if not isinstance(document["points"], str):
         raise EnvelopeError("bad_value", where, f"'points' must be line protocol text, not {type(document['points']).__name__}")
     return Envelope(

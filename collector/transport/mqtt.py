@@ -59,6 +59,7 @@ from collector.transport.spool import Spool
 
 __all__ = [
     "DEFAULT_TOPIC_PREFIX",
+    "PROTOCOLS",
     "MqttBus",
     "MqttDelivery",
     "MqttPublisher",
@@ -73,6 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC_PREFIX = "strandwatch/v1"
+PROTOCOLS = ("5", "3.1.1")
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,14 @@ class MqttSettings:
     max_message_bytes: int = MAX_ENVELOPE_BYTES
     spool_dir: Path | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+    protocol: str = "5"
+    """The MQTT version spoken: "5" (Mosquitto, EMQX, HiveMQ, VerneMQ) or "3.1.1" (NATS). With 3.1.1 a
+    consumer's session is a clean-session-off session the broker keeps until the client id cleans it
+    (no expiry, no receive maximum), and there are no shared subscriptions: ingest uses topic shards."""
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"mqtt: protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if not self.brokers:
             raise ValueError("mqtt: at least one broker address is needed")
         for host, port in self.brokers:
@@ -169,10 +177,15 @@ def _client(settings: MqttSettings, address: tuple[str, int], *, consumer: bool)
             cert_reqs=ssl.CERT_REQUIRED,
             keyfile_password=settings.tls.key_password,
         )
-    properties = Properties(PacketTypes.CONNECT)
-    if consumer:
-        properties.SessionExpiryInterval = settings.session_expiry_s
-        properties.ReceiveMaximum = settings.receive_maximum
+    if settings.protocol == "5":
+        properties = Properties(PacketTypes.CONNECT)
+        if consumer:
+            properties.SessionExpiryInterval = settings.session_expiry_s
+            properties.ReceiveMaximum = settings.receive_maximum
+        session: dict[str, object] = dict(protocol=aiomqtt.ProtocolVersion.V5, clean_start=not consumer,
+                                          properties=properties)
+    else:
+        session = dict(protocol=aiomqtt.ProtocolVersion.V311, clean_session=not consumer)
     client = aiomqtt.Client(
         address[0],
         int(address[1]),
@@ -180,11 +193,9 @@ def _client(settings: MqttSettings, address: tuple[str, int], *, consumer: bool)
         password=settings.password,
         # A publisher keeps no session, so it needs no fixed id; two with one id would keep kicking each other out.
         identifier=settings.client_id if consumer else f"strandwatch-pub-{settings.host}-{random.getrandbits(32):08x}",
-        protocol=aiomqtt.ProtocolVersion.V5,
         keepalive=settings.keepalive_s,
         timeout=settings.timeout_s,
-        clean_start=not consumer,
-        properties=properties,
+        **session,  # type: ignore[arg-type]
         tls_params=tls_params,
         tls_insecure=settings.tls.insecure if settings.tls is not None else None,
     )
@@ -282,16 +293,28 @@ class MqttPublisher:
         await self.close()
 
     async def publish(self, batch: list[Point], *, source: str | None = None, host: str | None = None) -> None:
-        """Send ``batch`` as one message; returns when the broker has it or it is spooled on disk."""
+        """Send ``batch`` as one message; returns when the broker has it or it is spooled on disk.
+
+        A batch over ``max_message_bytes`` goes as several messages.
+        """
         if self._closing.is_set():
             raise BusClosedError(f"publish of {len(batch)} points on a closed MQTT publisher")
         source = source or batch_source(batch)
         host = host or self.settings.host
+        try:
+            payload = encode_envelope(
+                batch, site=self.settings.site, host=host, source=source, seq=self._sequence + 1,
+                max_bytes=self.settings.max_message_bytes,
+            )
+        except ValueError:
+            if len(batch) < 2:
+                raise
+            # Over the message size limit (a poll of many switches): send it as two halves, recursively.
+            half = len(batch) // 2
+            await self.publish(batch[:half], source=source, host=host)
+            await self.publish(batch[half:], source=source, host=host)
+            return
         self._sequence += 1
-        payload = encode_envelope(
-            batch, site=self.settings.site, host=host, source=source, seq=self._sequence,
-            max_bytes=self.settings.max_message_bytes,
-        )
         await self.publish_payload(self.settings.topic(source, host), payload)
 
     async def publish_payload(self, topic: str, payload: bytes) -> None:
