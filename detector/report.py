@@ -10,7 +10,10 @@ the week before. A short summary in plain words opens the page.
 
 It reads the detector's results (``stranded_compute``, ``stranded_episode``,
 see docs/schema.md) and the GPUs' ``nvidia_smi`` and ``job_gpu`` points from
-the store. When the window has no results yet and ``--topology`` and
+the store. Where the store has rollups beside it (``metrics.1m.db``,
+``metrics.1h.db``, see collector/store/rollup.py), the GPU telemetry comes from
+the coarsest rollup that fits each stretch of the window, so a week of a large
+cluster is a few hundred thousand rows instead of hundreds of millions. When the window has no results yet and ``--topology`` and
 ``--jobs`` are given, it runs the detector over the window's raw telemetry
 first. The window ends at ``--until`` or at the newest GPU sample in the
 store, so a report of a replayed or simulated week needs no clock tricks.
@@ -23,6 +26,7 @@ import base64
 import html
 import io
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +39,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from collector.frames import points_to_frames
 from collector.store import EmbeddedStore
+from collector.store.rollup import Resolution, Rollups
 from detector.results import STRANDED_COMPUTE, STRANDED_EPISODE, result_points
 
 DEFAULT_STORE = Path("/var/lib/strandwatch/metrics.db")
@@ -42,15 +47,24 @@ TOP_EPISODES = 15
 TOP_ROWS = 10
 BUSY_FIELDS = ("sm_active", "utilization_gpu")
 
-__all__ = ["ReportData", "ReportReader", "StoreReader", "add_report_arguments", "build_tables", "load_report_data",
-           "parse_span", "run_report", "write_report"]
+__all__ = ["ReportData", "ReportReader", "RollupReader", "StoreReader", "add_report_arguments", "build_tables",
+           "load_report_data", "open_reader", "parse_span", "run_report", "write_report"]
 
 
 class ReportReader(Protocol):
-    """Where the report's measurements come from: raw points now, rollups when a store keeps them."""
+    """Where the report's measurements come from: raw points (:class:`StoreReader`) or rollups (:class:`RollupReader`)."""
 
     def read(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
-             fields: Collection[str] | None = None) -> pd.DataFrame: ...
+             fields: Collection[str] | None = None) -> pd.DataFrame:
+        """The points of [start, end) as stored (the detector's results: few rows, read as written)."""
+        ...
+
+    def read_series(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
+                    fields: Collection[str]) -> pd.DataFrame:
+        """Telemetry over [start, end) at whatever resolution the reader picks, with a ``seconds`` column:
+        the span of time each row stands for (the sample interval of raw points, the step of a rollup).
+        Means weighted by ``seconds`` and sums of ``seconds`` are then the same at every resolution."""
+        ...
 
     def latest(self, measurement: str) -> pd.Timestamp | None: ...
 
@@ -65,9 +79,106 @@ class StoreReader:
              fields: Collection[str] | None = None) -> pd.DataFrame:
         return self.store.read(measurement, start, end, fields=fields)
 
+    def read_series(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
+                    fields: Collection[str]) -> pd.DataFrame:
+        frame = self.store.read(measurement, start, end, fields=fields)
+        return frame.assign(seconds=_sample_interval_s(frame))
+
     def latest(self, measurement: str) -> pd.Timestamp | None:
         span = self.store.time_range(measurement)
         return None if span is None else span.last
+
+
+def _sample_interval_s(frame: pd.DataFrame) -> float:
+    """The usual spacing of a raw frame's samples (0 with fewer than two sample times)."""
+    times = frame["time"].drop_duplicates().sort_values()
+    return float(times.diff().dt.total_seconds().median()) if len(times) > 1 else 0.0
+
+
+class RollupReader:
+    """Raw points for the detector's results; for telemetry, the coarsest rollup that covers each stretch.
+
+    A window [start, end) is cut into whole intervals of the coarsest level
+    that holds them (a rollup row stands for its complete interval, so only
+    intervals inside the window and inside the level's time range are used),
+    then what is left at either edge, or past the newest rollup, or before a
+    level's retention, goes to the next finer level, and the rest to the raw
+    points. A report ending now thus reads the last minutes from raw points and
+    the week before from 1 h rows, and matches a raw read within rounding.
+    """
+
+    def __init__(self, raw: EmbeddedStore, levels: Collection[tuple[pd.Timedelta, EmbeddedStore]]) -> None:
+        self.store = raw
+        self.levels = sorted(levels, key=lambda level: level[0], reverse=True)  # coarsest first
+        self._raw_interval: dict[str, float] = {}
+
+    def read(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
+             fields: Collection[str] | None = None) -> pd.DataFrame:
+        return self.store.read(measurement, start, end, fields=fields)
+
+    def read_series(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
+                    fields: Collection[str]) -> pd.DataFrame:
+        pending = [(start, end)]
+        frames = []
+        for step, store in self.levels:
+            span = store.time_range(measurement)
+            if span is None:
+                continue
+            left = []
+            for first, last in pending:
+                inner_first = max(first.ceil(step), span.first)
+                inner_last = min(last.floor(step), span.last + step)
+                if inner_first >= inner_last:
+                    left.append((first, last))
+                    continue
+                frames.append(store.read(measurement, inner_first, inner_last, fields=fields)
+                              .assign(seconds=step.total_seconds()))
+                left += [(a, b) for a, b in ((first, inner_first), (inner_last, last)) if a < b]
+            pending = left
+        for first, last in pending:
+            frame = self.store.read(measurement, first, last, fields=fields)
+            if not frame.empty:
+                frames.append(frame.assign(seconds=self._raw_interval_s(measurement, fields)))
+        frames = [frame for frame in frames if not frame.empty]
+        if not frames:
+            return self.store.read(measurement, start, end, fields=fields).assign(seconds=0.0)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _raw_interval_s(self, measurement: str, fields: Collection[str]) -> float:
+        """The raw sample interval, from the newest ten minutes of raw points (edges alone are too short to tell)."""
+        if measurement not in self._raw_interval:
+            span = self.store.time_range(measurement)
+            sample = (pd.DataFrame({"time": pd.Series(dtype="datetime64[ns, UTC]")}) if span is None else
+                      self.store.read(measurement, span.last - pd.Timedelta(minutes=10), span.last + pd.Timedelta(1),
+                                      fields=fields))
+            self._raw_interval[measurement] = _sample_interval_s(sample)
+        return self._raw_interval[measurement]
+
+    def latest(self, measurement: str) -> pd.Timestamp | None:
+        spans = [store.time_range(measurement) for store in (self.store, *(store for _, store in self.levels))]
+        return max((span.last for span in spans if span is not None), default=None)
+
+
+_LEVEL = re.compile(r"(\d+)([smhd])")
+
+
+def open_reader(raw: EmbeddedStore, stack: ExitStack) -> ReportReader:
+    """A :class:`RollupReader` when rollup files lie beside ``raw`` (``metrics.1h.db`` ...), else a :class:`StoreReader`.
+
+    The rollups are opened read-only and closed with ``stack``.
+    """
+    levels = []
+    for path in sorted(raw.path.parent.glob(f"{raw.path.stem}.*{raw.path.suffix}")):
+        label = path.name[len(raw.path.stem) + 1:len(path.name) - len(raw.path.suffix)]
+        match = _LEVEL.fullmatch(label)
+        if not match:
+            continue
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        step = pd.Timedelta(**{unit: int(match.group(1))})
+        if Rollups.path_of(raw.path, Resolution(step.to_pytimedelta(), None)) != path:
+            continue
+        levels.append((step, stack.enter_context(EmbeddedStore(path, read_only=True))))
+    return RollupReader(raw, levels) if levels else StoreReader(raw)
 
 
 def parse_span(text: str) -> pd.Timedelta:
@@ -135,28 +246,37 @@ def _with_columns(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame
 
 
 def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp) -> dict | None:
-    """One row of utilization for [start, end): GPUs seen, GPU-hours, mean busy and allocation."""
-    gpus = reader.read("nvidia_smi", start, end, fields=BUSY_FIELDS)
+    """One row of utilization for [start, end): GPUs seen, GPU-hours, time-weighted mean busy and allocation."""
+    gpus = reader.read_series("nvidia_smi", start, end, fields=BUSY_FIELDS)
     if gpus.empty:
         return None
     busy_field = "sm_active" if "sm_active" in gpus and gpus["sm_active"].notna().any() else "utilization_gpu"
     keys = gpus["host"] + "/" + gpus["index"]
-    times = gpus["time"].drop_duplicates().sort_values()
-    step_s = float(times.diff().dt.total_seconds().median()) if len(times) > 1 else 0.0
-    count = int(keys.nunique())
     row = {
         "day": start.strftime("%Y-%m-%d"),
-        "gpus": count,
-        "gpu_hours": round(float(len(gpus)) * step_s / 3600.0, 1),
-        "sm_active": float(gpus[busy_field].mean()),
-        "utilization_gpu": float(gpus["utilization_gpu"].mean()) if "utilization_gpu" in gpus else np.nan,
+        "gpus": int(keys.nunique()),
+        "gpu_hours": round(float(gpus["seconds"].sum()) / 3600.0, 1),
+        "sm_active": _weighted_mean(gpus, busy_field),
+        "utilization_gpu": _weighted_mean(gpus, "utilization_gpu"),
         "busy_field": busy_field,
     }
-    allocations = reader.read("job_gpu", start, end, fields=("allocated",))
+    allocations = reader.read_series("job_gpu", start, end, fields=("allocated",))
     if not allocations.empty:
-        per_time = allocations.groupby("time").size()
-        row["allocated_gpus"] = float(per_time.mean())
+        # GPU-seconds held by jobs over the seconds that have any allocation: the mean number allocated.
+        covered = allocations[["time", "seconds"]].drop_duplicates()["seconds"].sum()
+        if covered > 0:
+            row["allocated_gpus"] = float(allocations["seconds"].sum() / covered)
     return row
+
+
+def _weighted_mean(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return np.nan
+    present = frame[column].notna()
+    weights = frame["seconds"][present]
+    if weights.sum() <= 0:
+        return float(frame[column].mean())
+    return float(np.average(frame[column][present].astype(float), weights=weights))
 
 
 # --- tables ------------------------------------------------------------------
@@ -510,8 +630,8 @@ def run_report(args: argparse.Namespace) -> int:
     except (OSError, FileNotFoundError) as error:
         console.print(f"[red]{error}[/red]")
         return 1
-    with store:
-        reader = StoreReader(store)
+    with store, ExitStack() as rollups:
+        reader = open_reader(store, rollups)
         if args.until:
             end = pd.Timestamp(args.until)
             if end.tzinfo is None:
@@ -555,11 +675,14 @@ class _Overlay:
         frame = self.frames[measurement]
         return frame[(frame["time"] >= start) & (frame["time"] < end)]
 
+    def read_series(self, measurement, start, end, fields):
+        return self.base.read_series(measurement, start, end, fields)
+
     def latest(self, measurement):
         return self.base.latest(measurement)
 
 
-def _with_detection(reader: StoreReader, args, start, end, console, advance) -> ReportReader:
+def _with_detection(reader: StoreReader | RollupReader, args, start, end, console, advance) -> ReportReader:
     if not args.topology or not reader.read(STRANDED_COMPUTE, start, end, fields=("gpu_seconds_lost",)).empty:
         return reader
     from detector.detect import detect

@@ -26,10 +26,10 @@ from collector.agent import build_sources
 from collector.bus import InProcessBus
 from collector.config import ConfigError, DetectorConfig, ServiceConfig, load_config, open_writer
 from collector.ingest import IngestService
-from collector.runner import poll_sources
 from collector.service.health import HealthServer, directory_writable_check
 from collector.service.logs import register_secrets, secret_values
 from collector.service.metrics import ServiceMetrics
+from collector.service.publish import poll_loop, stopped_within
 from collector.service.reload import SourceSet
 from collector.service.signals import ShutdownSignals, run_service
 from collector.sources.base import Source
@@ -92,7 +92,7 @@ async def _all_in_one(config: ServiceConfig, path: Path, signals: ShutdownSignal
     ingesting = asyncio.create_task(ingest.run())
     sources = SourceSet(_sources(config), lambda: _sources(load_config(path)), name="run")
     signals.on_reload = sources.request
-    tasks = [asyncio.create_task(_poll_loop(sources, bus, config.interval_s, signals, metrics))]
+    tasks = [asyncio.create_task(poll_loop(sources, config.interval_s, signals.stop, bus.publish, metrics=metrics))]
     if config.detector is not None:
         tasks.append(asyncio.create_task(_detect_loop(config, signals, metrics, health)))
     try:
@@ -139,20 +139,6 @@ async def _start_health(config: ServiceConfig, metrics: ServiceMetrics) -> Healt
     return health
 
 
-async def _poll_loop(sources: SourceSet, bus: InProcessBus, interval_s: float, signals: ShutdownSignals,
-                     metrics: ServiceMetrics) -> None:
-    """Polls every ``interval_s`` on the wall clock's multiples of it, stamping each poll with its tick."""
-    while not signals.stop.is_set():
-        tick = (time.time() // interval_s + 1) * interval_s
-        if await _wait(signals.stop, tick - time.time()):
-            return
-        await sources.apply_pending()
-        for batch in await poll_sources(sources.sources, int(tick * 1e9)):
-            metrics.observe_batch(batch)
-            await bus.publish(batch)
-            metrics.points_out.inc(len(batch), stage="published")
-
-
 async def _detect_loop(config: ServiceConfig, signals: ShutdownSignals, metrics: ServiceMetrics,
                        health: HealthServer) -> None:
     settings: DetectorConfig = config.detector  # type: ignore[assignment]
@@ -173,7 +159,7 @@ async def _detect_loop(config: ServiceConfig, signals: ShutdownSignals, metrics:
             decided = detector.decided_until
             if decided is not None:
                 metrics.detector_lag.set(time.time() - decided.timestamp())
-            if await _wait(signals.stop, settings.interval_s):
+            if await stopped_within(signals.stop, settings.interval_s):
                 return
     finally:
         store.close()
@@ -183,13 +169,3 @@ def _log_alert(alert: Alert) -> None:
     episode = alert.episode
     log.warning("episode %s: %s %s on %s, %.0f GPU-s, $%.2f so far (%s)", alert.event, episode.job, episode.cause,
                 ", ".join(episode.links[:3]) or "no link", episode.gpu_seconds_lost, episode.dollars_lost, alert.id)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleeps up to ``seconds``; true when ``stop`` was set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), max(0.0, seconds))
-    except TimeoutError:
-        return False
-    return True
-

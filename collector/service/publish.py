@@ -32,7 +32,7 @@ from collector.sources.base import Source
 if TYPE_CHECKING:
     from collector.config import ServiceConfig
 
-__all__ = ["Deliver", "Poll", "line_protocol_sink", "poll_loop", "serve_publishing"]
+__all__ = ["Deliver", "Poll", "line_protocol_sink", "poll_loop", "serve_publishing", "stopped_within"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ async def poll_loop(sources: SourceSet, interval_s: float, stop: asyncio.Event, 
     polls = 0
     while not stop.is_set():
         tick = (time.time_ns() // interval_ns + 1) * interval_ns
-        if await _wait(stop, (tick - time.time_ns()) / 1e9):
+        if await stopped_within(stop, (tick - time.time_ns()) / 1e9):
             break
         await sources.apply_pending()
         for batch in await poll(sources.sources, tick):
@@ -116,7 +116,7 @@ async def serve_publishing(config: ServiceConfig, sources: SourceSet, interval_s
             await health.close()
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     """Sleeps up to ``seconds``; true when ``stop`` was set meanwhile."""
     try:
         await asyncio.wait_for(stop.wait(), max(0.0, seconds))
