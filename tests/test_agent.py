@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import http.server
 import logging
-import os
 import re
 import shutil
 import signal
@@ -20,6 +19,7 @@ import pytest
 import yaml
 from fake_nvml import MIB, FakeNvml, h100
 
+from golden_files import assert_golden
 from collector.agent import (
     Agent,
     AgentConfig,
@@ -39,18 +39,8 @@ from collector.schema import COLLECTOR_HEALTH, INFINIBAND, JOB_GPU, NVIDIA_SMI, 
 REPO = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 ROCE_SYSFS = FIXTURES / "sysfs" / "roce"
-GOLDEN = Path(__file__).parent / "golden" / "node"
 SAMPLE_CONFIG = REPO / "collector" / "agent.sample.yaml"
 T = 1_767_225_600_000_000_000
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/node/<name>; STRANDWATCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("STRANDWATCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with STRANDWATCH_UPDATE_GOLDEN=1 to write it"
-    assert text == path.read_text()
 
 
 def normalized(line_protocol: str) -> str:

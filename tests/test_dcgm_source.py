@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from golden_files import assert_golden
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, JOB_GPU, NVIDIA_SMI
 from collector.sources.base import Source
@@ -26,19 +26,9 @@ from collector.sources.dcgm import (
 from collector.sources.gpu import NVIDIA_SMI_MIG
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dcgm"
-GOLDEN = Path(__file__).parent / "golden" / "node"
 SAMPLE_CONFIG = Path(__file__).parents[1] / "collector" / "sources" / "dcgm" / "sample.yaml"
 SHARED_COUNTERS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dcgm" / "default-counters.csv"
 T = 1_767_225_600_000_000_000
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/node/<name>; STRANDWATCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("STRANDWATCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with STRANDWATCH_UPDATE_GOLDEN=1 to write it"
-    assert text == path.read_text()
 
 
 class Exporter:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from golden_files import assert_golden
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, ETHTOOL
 from collector.sources.base import Source
@@ -28,18 +29,8 @@ from collector.sources.ethtool import (
 REPO = Path(__file__).parents[1]
 ROCE_SYSFS = Path(__file__).parent / "fixtures" / "sysfs" / "roce"
 RECORDED = Path(__file__).parent / "fixtures" / "ethtool"
-GOLDEN = Path(__file__).parent / "golden" / "node"
 SAMPLE_CONFIG = REPO / "collector" / "sources" / "ethtool" / "sample.yaml"
 T = 1_767_225_600_000_000_000
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/node/<name>; STRANDWATCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("STRANDWATCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with STRANDWATCH_UPDATE_GOLDEN=1 to write it"
-    assert text == path.read_text()
 
 
 def parse_ethtool_s(text: str) -> dict[str, int]:

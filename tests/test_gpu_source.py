@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 from pathlib import Path
 
 import pynvml
@@ -14,6 +13,7 @@ import yaml
 
 from fake_nvml import MIB, FakeGpu, FakeMig, FakeNvml, h100
 
+from golden_files import assert_golden
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, NVIDIA_SMI
 from collector.sources.base import Source
@@ -29,18 +29,8 @@ from collector.sources.gpu import (
     ProcessTable,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "node"
 SAMPLE_CONFIG = Path(__file__).parents[1] / "collector" / "sources" / "gpu" / "sample.yaml"
 T = 1_767_225_600_000_000_000
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/node/<name>; STRANDWATCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("STRANDWATCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with STRANDWATCH_UPDATE_GOLDEN=1 to write it"
-    assert text == path.read_text()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from fake_nvml import FakeNvml, h100
 
+from golden_files import assert_golden
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, JOB_GPU
 from collector.sources.base import Source
@@ -30,19 +31,9 @@ from collector.sources.jobs import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"
 FAKE_PROC = FIXTURES / "proc"
-GOLDEN = Path(__file__).parent / "golden" / "node"
 SAMPLE_CONFIG = Path(__file__).parents[1] / "collector" / "sources" / "jobs" / "sample.yaml"
 T = 1_767_225_610_000_000_000  # 2026-01-01T00:00:10Z
 HOUR_NS = 3600 * 10**9
-
-
-def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/node/<name>; STRANDWATCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("STRANDWATCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} is missing; run with STRANDWATCH_UPDATE_GOLDEN=1 to write it"
-    assert text == path.read_text()
 
 
 def table_with(processes: list[GpuProcess], time_ns: int = T) -> ProcessTable:

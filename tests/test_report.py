@@ -6,15 +6,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+from contextlib import ExitStack
 from datetime import timedelta
 
 import pandas as pd
 import pytest
 
 from collector.frames import points_to_frames
+from collector.schema import Point
 from collector.store import EmbeddedStore
+from collector.store.rollup import Resolution, Rollups
 from detector.detect import detect
-from detector.report import add_report_arguments, parse_span, run_report
+from detector.report import (RollupReader, StoreReader, add_report_arguments, build_tables, load_report_data,
+                             open_reader, parse_span, run_report)
 from detector.results import write_results
 from detector.simulator import SimConfig, simulate
 
@@ -34,11 +38,11 @@ def report(tmp_path_factory):
     add_report_arguments(parser)
     assert run_report(parser.parse_args(["--store", str(root / "store.db"), "--since", "3h",
                                          "--output", str(root / "out")])) == 0
-    return root, result
+    return root, result, sim
 
 
 def test_tables_match_the_detector(report):
-    root, result = report
+    root, result, _ = report
     out = root / "out"
     by_job = pd.read_csv(out / "network_loss_by_job.csv")
     expected = result.network_breakdown()["job"]
@@ -52,7 +56,7 @@ def test_tables_match_the_detector(report):
 
 
 def test_html_has_its_sections_and_renders_in_chromium(report):
-    root, _ = report
+    root, _, _ = report
     page = (root / "out" / "report.html").read_text()
     for section in SECTIONS:
         assert f"id='{section}'" in page
@@ -76,7 +80,7 @@ def test_html_has_its_sections_and_renders_in_chromium(report):
 
 
 def test_pdf_converts_to_its_pages(report):
-    root, _ = report
+    root, _, _ = report
     if shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils is not installed")
     info = subprocess.run(["pdfinfo", str(root / "out" / "report.pdf")], check=True, capture_output=True, text=True)
@@ -96,3 +100,44 @@ def test_spans_and_bad_input():
     parser = argparse.ArgumentParser()
     add_report_arguments(parser)
     assert run_report(parser.parse_args(["--store", "/nonexistent/x.db", "--output", "/tmp/x"])) == 1
+
+
+def job_gpu_points(sim, end_ns: int) -> list[Point]:
+    """What the jobs source would have written for the simulated allocations (the simulator leaves it out)."""
+    step = int(sim.config.interval_s * 1e9)
+    start = int(sim.config.start.timestamp() * 1e9)
+    points = []
+    for time_ns in range(start + step, end_ns + 1, step):
+        for allocation in sim.allocations:
+            ends = pd.Timestamp(allocation.end).value if allocation.end else end_ns + 1
+            if pd.Timestamp(allocation.start).value <= time_ns < ends:
+                points += [Point("job_gpu", {"host": allocation.host, "index": str(gpu), "job": allocation.job},
+                                 {"allocated": 1, "source": "file"}, time_ns) for gpu in allocation.gpus]
+    return points
+
+
+@pytest.mark.parametrize("since", ["3h", "100m", "47m"])
+def test_rollups_give_the_tables_of_raw_points(report, tmp_path, since):
+    """Whole hours from the 1 h rollup, the edges from 1 min rows and raw points: the same tables within rounding."""
+    root, _, sim = report
+    path = tmp_path / "metrics.db"
+    shutil.copy(root / "store.db", path)
+    with EmbeddedStore(path, retention=None) as raw, ExitStack() as stack:
+        end = raw.time_range("nvidia_smi").last + pd.Timedelta(seconds=1)
+        raw.write(job_gpu_points(sim, end.value))
+        rollups = Rollups(raw, [Resolution(timedelta(minutes=1), None), Resolution(timedelta(hours=1), None)])
+        rollups.update(now=end)
+        rollups.close()
+        reader = open_reader(raw, stack)
+        assert isinstance(reader, RollupReader) and [step for step, _ in reader.levels] == [
+            pd.Timedelta(hours=1), pd.Timedelta(minutes=1)]
+        start = end - parse_span(since)
+        from_rollups = build_tables(load_report_data(reader, start, end))
+        from_raw = build_tables(load_report_data(StoreReader(raw), start, end))
+    for name, table in from_raw.items():
+        pd.testing.assert_frame_equal(from_rollups[name], table, check_exact=False, rtol=1e-6, atol=0.051,
+                                      obj=name)
+    days = from_rollups["utilization_by_day"]
+    gpus = sim.config.hosts * sim.config.gpus_per_host
+    assert days["gpus"].max() == gpus and days["allocated_gpus"].max() > 0
+    assert days["gpu_hours"].sum() == pytest.approx(parse_span(since) / pd.Timedelta(hours=1) * gpus, abs=0.1)

@@ -39,20 +39,11 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from collector.sources.snmp import ber
+from collector.sources.snmp import ber, ifmib
 
 log = logging.getLogger(__name__)
 
-COUNTER_COLUMNS = (
-    "ifHCInOctets",
-    "ifHCOutOctets",
-    "ifHCInUcastPkts",
-    "ifHCOutUcastPkts",
-    "ifInDiscards",
-    "ifOutDiscards",
-    "ifInErrors",
-    "ifOutErrors",
-)
+COUNTER_COLUMNS = tuple(column for column in ifmib.DYNAMIC_COLUMNS if column != "ifOperStatus")
 """The last axis of ``CounterBoard.counters``."""
 
 OPER_UP = 1
