@@ -105,7 +105,7 @@ store:
     )
     log = directory / "ingest.log"
     ingest = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "ingest", "--config", str(config)], cwd=REPO,
+        [sys.executable, "-m", "detector.cli", "--log-level", "INFO", "ingest", "--config", str(config)], cwd=REPO,
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
