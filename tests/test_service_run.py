@@ -69,7 +69,9 @@ def test_run_polls_stores_detects_and_drains_on_sigterm(tmp_path: Path) -> None:
             assert _get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200
             status, body = _get(f"http://127.0.0.1:{health_port}/readyz")
             assert status == 200, body
-            time.sleep(2)
+            state = tmp_path / "detector-state.json"
+            while not state.exists() and time.monotonic() < deadline + 30:
+                time.sleep(0.2)
             service.send_signal(signal.SIGTERM)
             output, _ = service.communicate(timeout=30)
         finally:
