@@ -12,8 +12,9 @@ It reads the detector's results (``stranded_compute``, ``stranded_episode``,
 see docs/schema.md) and the GPUs' ``nvidia_smi`` and ``job_gpu`` points from
 the store. Where the store has rollups beside it (``metrics.1m.db``,
 ``metrics.1h.db``, see collector/store/rollup.py), the GPU telemetry comes from
-the coarsest rollup that fits each stretch of the window, so a week of a large
-cluster is a few hundred thousand rows instead of hundreds of millions. When the window has no results yet and ``--topology`` and
+the coarsest rollup that fits each stretch of the window (:class:`RollupReader`):
+a week of 1,024 GPUs is about 0.2 million hourly rows instead of 60 million raw
+samples per field. When the window has no results yet and ``--topology`` and
 ``--jobs`` are given, it runs the detector over the window's raw telemetry
 first. The window ends at ``--until`` or at the newest GPU sample in the
 store, so a report of a replayed or simulated week needs no clock tricks.
@@ -30,7 +31,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Collection, Protocol
+from typing import Callable, Collection, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,8 @@ __all__ = ["ReportData", "ReportReader", "RollupReader", "StoreReader", "add_rep
 
 
 class ReportReader(Protocol):
-    """Where the report's measurements come from: raw points (:class:`StoreReader`) or rollups (:class:`RollupReader`)."""
+    """Where the report's measurements come from: raw points (:class:`StoreReader`) or rollups
+    (:class:`RollupReader`)."""
 
     def read(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
              fields: Collection[str] | None = None) -> pd.DataFrame:
@@ -95,6 +97,10 @@ def _sample_interval_s(frame: pd.DataFrame) -> float:
     return float(times.diff().dt.total_seconds().median()) if len(times) > 1 else 0.0
 
 
+MAX_STEP: Mapping[str, pd.Timedelta] = {"job_gpu": pd.Timedelta(minutes=1)}
+"""The coarsest rollup the report reads per measurement (see :class:`RollupReader`); others: any."""
+
+
 class RollupReader:
     """Raw points for the detector's results; for telemetry, the coarsest rollup that covers each stretch.
 
@@ -105,12 +111,19 @@ class RollupReader:
     level's retention, goes to the next finer level, and the rest to the raw
     points. A report ending now thus reads the last minutes from raw points and
     the week before from 1 h rows, and matches a raw read within rounding.
+
+    ``max_step`` caps the level per measurement: ``job_gpu`` has a row per
+    held GPU and poll, and a rollup row only says the GPU was held at some
+    moment of its interval, so 1 h rows would count a job that ends at 10:05
+    as holding its GPUs until 11:00; 1 min rows bound that to a minute.
     """
 
-    def __init__(self, raw: EmbeddedStore, levels: Collection[tuple[pd.Timedelta, EmbeddedStore]]) -> None:
+    def __init__(self, raw: EmbeddedStore, levels: Collection[tuple[pd.Timedelta, EmbeddedStore]],
+                 max_step: Mapping[str, pd.Timedelta] = MAX_STEP) -> None:
         self.store = raw
         self.levels = sorted(levels, key=lambda level: level[0], reverse=True)  # coarsest first
-        self._raw_interval: dict[str, float] = {}
+        self.max_step = dict(max_step)
+        self._raw_interval: dict[tuple[str, ...], float] = {}
 
     def read(self, measurement: str, start: pd.Timestamp, end: pd.Timestamp,
              fields: Collection[str] | None = None) -> pd.DataFrame:
@@ -121,6 +134,8 @@ class RollupReader:
         pending = [(start, end)]
         frames = []
         for step, store in self.levels:
+            if step > self.max_step.get(measurement, step):
+                continue
             span = store.time_range(measurement)
             if span is None:
                 continue
@@ -140,19 +155,21 @@ class RollupReader:
             if not frame.empty:
                 frames.append(frame.assign(seconds=self._raw_interval_s(measurement, fields)))
         frames = [frame for frame in frames if not frame.empty]
-        if not frames:
-            return self.store.read(measurement, start, end, fields=fields).assign(seconds=0.0)
+        if not frames:  # the empty frame of this measurement and these fields
+            return self.store.read(measurement, start, start, fields=fields).assign(seconds=0.0)
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     def _raw_interval_s(self, measurement: str, fields: Collection[str]) -> float:
-        """The raw sample interval, from the newest ten minutes of raw points (edges alone are too short to tell)."""
-        if measurement not in self._raw_interval:
+        """The raw sample interval of these fields (sources poll some fields less often), from the newest ten
+        minutes of raw points: an edge alone is too short to tell."""
+        key = (measurement, *sorted(fields))
+        if key not in self._raw_interval:
             span = self.store.time_range(measurement)
             sample = (pd.DataFrame({"time": pd.Series(dtype="datetime64[ns, UTC]")}) if span is None else
                       self.store.read(measurement, span.last - pd.Timedelta(minutes=10), span.last + pd.Timedelta(1),
                                       fields=fields))
-            self._raw_interval[measurement] = _sample_interval_s(sample)
-        return self._raw_interval[measurement]
+            self._raw_interval[key] = _sample_interval_s(sample)
+        return self._raw_interval[key]
 
     def latest(self, measurement: str) -> pd.Timestamp | None:
         spans = [store.time_range(measurement) for store in (self.store, *(store for _, store in self.levels))]
@@ -163,7 +180,8 @@ _LEVEL = re.compile(r"(\d+)([smhd])")
 
 
 def open_reader(raw: EmbeddedStore, stack: ExitStack) -> ReportReader:
-    """A :class:`RollupReader` when rollup files lie beside ``raw`` (``metrics.1h.db`` ...), else a :class:`StoreReader`.
+    """A :class:`RollupReader` when rollup files lie beside ``raw`` (``metrics.1h.db`` ...), else a
+    :class:`StoreReader`.
 
     The rollups are opened read-only and closed with ``stack``.
     """
@@ -226,7 +244,7 @@ def load_report_data(reader: ReportReader, start: pd.Timestamp, end: pd.Timestam
         advance(f"GPUs {day:%Y-%m-%d}")
         day = day_end
     gpu_days = pd.DataFrame([row for row in days if row is not None])
-    previous_gpus = _gpu_day(reader, start - span, start)
+    previous_gpus = _gpu_day(reader, start - span, start, allocation=False)
     advance("previous week's GPUs")
     return ReportData(start, end, losses, previous, episodes, gpu_days,
                       None if previous_gpus is None else previous_gpus["sm_active"])
@@ -245,7 +263,7 @@ def _with_columns(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame
     return frame
 
 
-def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp) -> dict | None:
+def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp, allocation: bool = True) -> dict | None:
     """One row of utilization for [start, end): GPUs seen, GPU-hours, time-weighted mean busy and allocation."""
     gpus = reader.read_series("nvidia_smi", start, end, fields=BUSY_FIELDS)
     if gpus.empty:
@@ -260,6 +278,8 @@ def _gpu_day(reader: ReportReader, start: pd.Timestamp, end: pd.Timestamp) -> di
         "utilization_gpu": _weighted_mean(gpus, "utilization_gpu"),
         "busy_field": busy_field,
     }
+    if not allocation:
+        return row
     allocations = reader.read_series("job_gpu", start, end, fields=("allocated",))
     if not allocations.empty:
         # GPU-seconds held by jobs over the seconds that have any allocation: the mean number allocated.

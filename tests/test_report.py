@@ -116,22 +116,34 @@ def job_gpu_points(sim, end_ns: int) -> list[Point]:
     return points
 
 
-@pytest.mark.parametrize("since", ["3h", "100m", "47m"])
-def test_rollups_give_the_tables_of_raw_points(report, tmp_path, since):
-    """Whole hours from the 1 h rollup, the edges from 1 min rows and raw points: the same tables within rounding."""
+@pytest.fixture(scope="module")
+def rolled_up(report, tmp_path_factory):
+    """A copy of the report's store with job_gpu points and its 1 min and 1 h rollups, complete up to the newest
+    sample."""
     root, _, sim = report
-    path = tmp_path / "metrics.db"
+    path = tmp_path_factory.mktemp("rollups") / "metrics.db"
     shutil.copy(root / "store.db", path)
-    with EmbeddedStore(path, retention=None) as raw, ExitStack() as stack:
+    with EmbeddedStore(path, retention=None) as raw:
         end = raw.time_range("nvidia_smi").last + pd.Timedelta(seconds=1)
         raw.write(job_gpu_points(sim, end.value))
         rollups = Rollups(raw, [Resolution(timedelta(minutes=1), None), Resolution(timedelta(hours=1), None)])
         rollups.update(now=end)
         rollups.close()
+    return path, end, sim
+
+
+@pytest.mark.parametrize(("since", "steps"), [("3h", {3600, 60, "raw"}), ("100m", {3600, 60, "raw"}),
+                                               ("47m", {60, "raw"})])
+def test_rollups_give_the_tables_of_raw_points(rolled_up, since, steps):
+    """Whole hours from the 1 h rollup, the edges from 1 min rows and raw points: the same tables within rounding."""
+    path, end, sim = rolled_up
+    with EmbeddedStore(path, read_only=True) as raw, ExitStack() as stack:
         reader = open_reader(raw, stack)
         assert isinstance(reader, RollupReader) and [step for step, _ in reader.levels] == [
             pd.Timedelta(hours=1), pd.Timedelta(minutes=1)]
         start = end - parse_span(since)
+        read = reader.read_series("nvidia_smi", start, end, ("sm_active", "utilization_gpu"))
+        assert set(read["seconds"]) == {sim.config.interval_s if step == "raw" else step for step in steps}
         from_rollups = build_tables(load_report_data(reader, start, end))
         from_raw = build_tables(load_report_data(StoreReader(raw), start, end))
     for name, table in from_raw.items():
@@ -141,3 +153,9 @@ def test_rollups_give_the_tables_of_raw_points(report, tmp_path, since):
     gpus = sim.config.hosts * sim.config.gpus_per_host
     assert days["gpus"].max() == gpus and days["allocated_gpus"].max() > 0
     assert days["gpu_hours"].sum() == pytest.approx(parse_span(since) / pd.Timedelta(hours=1) * gpus, abs=0.1)
+
+
+def test_a_store_without_rollups_is_read_raw(report):
+    root, _, _ = report
+    with EmbeddedStore(root / "store.db", read_only=True) as raw, ExitStack() as stack:
+        assert isinstance(open_reader(raw, stack), StoreReader)
