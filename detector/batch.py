@@ -83,7 +83,8 @@ class Decided:
     @staticmethod
     def concat(parts: Sequence[Decided]) -> Decided:
         def join(frames: list[pd.DataFrame]) -> pd.DataFrame:
-            frames = [frame for frame in frames if not frame.empty] or frames[:1]
+            # All empty: keep the one with the most columns, so readers still find theirs.
+            frames = [frame for frame in frames if not frame.empty] or sorted(frames, key=lambda f: len(f.columns))[-1:]
             return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return Decided(
             join([p.losses for p in parts]), join([p.intervals for p in parts]), join([p.congestion for p in parts]),

@@ -155,7 +155,11 @@ async def _detect_loop(config: ServiceConfig, signals: ShutdownSignals, metrics:
     health.add_check("detector", lambda: True)
     try:
         while not signals.stop.is_set():
-            await asyncio.to_thread(detector.step)
+            try:
+                await asyncio.to_thread(detector.step)
+            except Exception:
+                # A detector bug or a bad batch of data must not stop the pollers and ingest beside it.
+                log.exception("detector: step failed; retrying next interval")
             decided = detector.decided_until
             if decided is not None:
                 metrics.detector_lag.set(time.time() - decided.timestamp())

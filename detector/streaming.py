@@ -121,8 +121,6 @@ class StreamingDetector:
         """Episodes opened and not closed yet."""
         self.done: set[str] = set()
         """Closed episodes whose rows are still kept (to split open ones): never announced again."""
-        self.closed: list[Episode] = []
-        """Episodes closed since this object was made (the daemon need not keep them; tests compare them)."""
         if self.state_path is not None and self.state_path.exists():
             self._load()
 
@@ -179,7 +177,6 @@ class StreamingDetector:
             if last_row[index] < horizon:
                 self.announced.discard(key)
                 self.done.add(key)
-                self.closed.append(episode)
                 alerts.append(Alert(CLOSED, episode, newest))
         if self.sink is not None:
             self.sink(result)
