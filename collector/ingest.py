@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from collector.bus import Delivery
-from collector.schema import Point
+from collector.schema import INGEST_HEALTH, FieldValue, Point
 
 if TYPE_CHECKING:
     from collector.config import ServiceConfig
@@ -84,6 +85,8 @@ class IngestService:
         linger_s: float = 0.25,
         retry_min_s: float = 0.2,
         retry_max_s: float = 30.0,
+        report_every_s: float = 10.0,
+        host: str | None = None,
     ) -> None:
         if batch_points < 1 or batch_messages < 1 or linger_s < 0:
             raise ValueError("ingest: batch_points and batch_messages must be positive, linger_s not negative")
@@ -95,6 +98,11 @@ class IngestService:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.stats = IngestStats()
+        self.report_every_s = report_every_s
+        self.host = host or socket.gethostname()
+        self._reported_at = time.monotonic()
+        self._written_since_report = 0
+        self._newest_written_ns = 0
         rejects = getattr(deliveries, "rejects", None)
         if rejects is not None:
             self.stats.rejected = rejects.counts
@@ -143,6 +151,30 @@ class IngestService:
         self.stats.messages += len(pending)
         self.stats.points += len(batch)
         self.stats.batches += 1
+        self._written_since_report += len(batch)
+        self._newest_written_ns = max(self._newest_written_ns, max((p.time_ns for p in batch), default=0))
+        if time.monotonic() - self._reported_at >= self.report_every_s:
+            await self._report()
+
+    async def _report(self) -> None:
+        """Writes a ``strandwatch_ingest`` point: what the collector-health dashboard and the ingest alert read."""
+        now_ns = time.time_ns()
+        writer = getattr(self.store, "writer", None)
+        spool = getattr(writer, "spool", None)
+        fields: dict[str, FieldValue] = {
+            "points_written": self._written_since_report,
+            "spool_depth": len(spool) if spool is not None else 0,
+        }
+        if self._newest_written_ns:
+            fields["lag_seconds"] = max(0.0, (now_ns - self._newest_written_ns) / 1e9)
+        point = Point(INGEST_HEALTH, {"component": "ingester", "host": self.host}, fields, now_ns)
+        try:
+            await self.store.write([point])
+        except _TRANSIENT as error:
+            log.warning("ingest: could not store its own health point: %s", error)
+            return
+        self._reported_at = time.monotonic()
+        self._written_since_report = 0
 
     def _line_protocol(self, pending: list[Delivery]) -> bytes | None:
         """The batch as validated line protocol, when the store takes it and every message has it."""

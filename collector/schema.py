@@ -18,6 +18,7 @@ ETHTOOL = "ethtool"
 NVIDIA_SMI = "nvidia_smi"
 JOB_GPU = "job_gpu"
 COLLECTOR_HEALTH = "strandwatch_source"
+INGEST_HEALTH = "strandwatch_ingest"
 
 TAG_KEYS: Mapping[str, tuple[str, ...]] = {
     INTERFACE: ("agent_host", "ifName"),

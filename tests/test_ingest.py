@@ -14,6 +14,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from collector.bus import InProcessBus
 from collector.ingest import IngestService
 from collector.schema import Point
 from collector.store import AsyncEmbeddedStore, EmbeddedStore
@@ -35,8 +36,11 @@ def poll(step: int, ports: int = 20, host: str = "gpu01") -> list[Point]:
 
 
 def stored(path: Path) -> int:
+    """Samples of the published points: the ingest loop's own health points are not counted."""
     with EmbeddedStore(path, read_only=True) as store:
-        return store._reader().execute("SELECT count(*) FROM samples").fetchone()[0]
+        return store._reader().execute(
+            "SELECT count(*) FROM samples JOIN series ON series.id = samples.series_id "
+            "WHERE series.measurement != 'strandwatch_ingest'").fetchone()[0]
 
 
 def settings(broker, tmp_path, **overrides) -> MqttSettings:
@@ -214,3 +218,20 @@ async def test_a_message_the_store_refuses_is_dropped_not_retried_forever(mosqui
     assert service.stats.store_rejected == 1
     assert len(store.read("infiniband")) == 9 * 20
     store.close()
+
+
+async def test_ingest_reports_its_own_progress(tmp_path: Path) -> None:
+    """Every report interval the loop stores a strandwatch_ingest point: what the health dashboard reads."""
+    bus = InProcessBus()
+    store = EmbeddedStore(tmp_path / "metrics.db")
+    service = IngestService(bus.subscribe(), AsyncEmbeddedStore(store), linger_s=0, report_every_s=0, host="ingest-1")
+    consuming = asyncio.create_task(service.run())
+    for step in range(3):
+        await bus.publish(poll(step, ports=4))
+    await bus.close()
+    await consuming
+    reports = store.read("strandwatch_ingest")
+    store.close()
+    assert set(reports["host"]) == {"ingest-1"} and set(reports["component"]) == {"ingester"}
+    assert reports["points_written"].sum() == 12
+    assert (reports["spool_depth"] == 0).all() and (reports["lag_seconds"] >= 0).all()

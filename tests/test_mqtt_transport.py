@@ -46,7 +46,10 @@ def poll(step: int, host: str = "gpu01", ports: int = 50) -> list[Point]:
 
 
 def stored_samples(store: EmbeddedStore) -> int:
-    return store._reader().execute("SELECT count(*) FROM samples").fetchone()[0]
+    """Samples of the published points: the ingest loop's own health points are not counted."""
+    return store._reader().execute(
+        "SELECT count(*) FROM samples JOIN series ON series.id = samples.series_id "
+        "WHERE series.measurement != 'strandwatch_ingest'").fetchone()[0]
 
 
 # --- envelope -----------------------------------------------------------------
