@@ -123,7 +123,7 @@ class InfluxServer:
 @pytest.fixture(scope="module")
 def influx_server(tmp_path_factory):
     if shutil.which("influxd") is None:
-        pytest.skip("influxd is not installed (Debian package influxdb)")
+        pytest.fail("influxd is not installed (Debian package influxdb)")
     server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
     try:
         yield server

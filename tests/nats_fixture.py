@@ -102,7 +102,7 @@ class NatsCluster:
     def __init__(self, directory: Path, size: int = 3) -> None:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         if not Path(binary).exists():
-            pytest.skip("nats-server is not installed (apt-get install nats-server)")
+            pytest.fail("nats-server is not installed (apt-get install nats-server)")
         self.binary = binary
         self.nodes = [NatsNode(f"n{index + 1}", directory / f"n{index + 1}") for index in range(size)]
 

@@ -31,7 +31,7 @@ def free_port() -> int:
 def _require(binary: str) -> str:
     path = shutil.which(binary) or next((p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if Path(p).exists()), None)
     if path is None:
-        pytest.skip(f"{binary} is not installed (apt-get install mosquitto influxdb victoria-metrics)")
+        pytest.fail(f"{binary} is not installed (apt-get install mosquitto influxdb victoria-metrics)")
     return path
 
 

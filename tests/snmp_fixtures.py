@@ -54,7 +54,7 @@ def require(tool: str) -> str:
     """Path of an installed tool, or skip the test that needs it."""
     path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
     if path is None:
-        pytest.skip(f"{tool} is not installed")
+        pytest.fail(f"{tool} is not installed")
     return path
 
 
@@ -292,7 +292,7 @@ def switch_board() -> Iterator[tuple[CounterBoard, SimulatedSwitchAgents]]:
 def shared_snmpsim() -> Iterator[Snmpsimd]:
     """snmpsimd serving the real switch recordings in ../shared/fixtures/snmp."""
     if not SHARED_SNMP.is_dir():
-        pytest.skip(f"{SHARED_SNMP} (recordings beside the checkout) is not there")
+        pytest.fail(f"{SHARED_SNMP} (recordings beside the checkout) is not there")
     with Snmpsimd(SHARED_SNMP, "cumulus_bgp") as server:
         yield server
 
@@ -368,7 +368,7 @@ class NetnsSnmpd:
 
     def __enter__(self) -> NetnsSnmpd:
         if os.geteuid() != 0 or shutil.which("ip") is None:
-            pytest.skip("network namespaces need root and iproute2")
+            pytest.fail("network namespaces need root and iproute2")
         snmpd = require("snmpd")
         try:
             for namespace in (self.agent, self.peer):

@@ -65,7 +65,7 @@ def test_units_are_hardened(unit):
 def verifiable_units(tmp_path_factory):
     """The units with ExecStart pointing at an executable that exists here (verify checks it)."""
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+        pytest.fail("systemd-analyze is not installed (apt-get install systemd)")
     directory = tmp_path_factory.mktemp("units")
     for unit in UNITS:
         text = unit.read_text().replace("/opt/strandwatch/.venv/bin/strandwatch", "/bin/true")
@@ -262,7 +262,7 @@ PASSWORDS = {"strandwatch-ingest": "ingest-pw", "node07": "node07-pw", "node08":
 def tls_mosquitto(tmp_path_factory):
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists() or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     directory = tmp_path_factory.mktemp("mosquitto")
     subprocess.run([str(DEPLOY / "make-certs.sh"), "localhost"], env={"CERT_DIR": str(directory), "PATH": "/usr/bin:/bin"},
                    check=True, capture_output=True, timeout=60)

@@ -91,7 +91,7 @@ CHILD = textwrap.dedent("""
 def veth_namespace():
     """A network namespace holding a veth pair va/vb with four queues each; removed afterwards."""
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("ethtool"):
-        pytest.skip("needs root, iproute2 and ethtool (Debian package 'ethtool')")
+        pytest.fail("needs root, iproute2 and ethtool (Debian package 'ethtool')")
     name = f"strandwatch-test-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

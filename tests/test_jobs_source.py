@@ -112,7 +112,7 @@ def test_slurm_job_of_a_real_process_in_a_slurm_cgroup(kind, layout):
     """As slurmstepd does: make the job's cgroup, move a task into it, read /proc/<pid>/cgroup."""
     mount = _cgroup_mount(kind)
     if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
-        pytest.skip(f"needs root and a writable cgroup {kind} mount")
+        pytest.fail(f"needs root and a writable cgroup {kind} mount")
     job = str(900_000 + uuid.uuid4().int % 99_999)
     leaf = mount / layout.format(job=job)
     created = [d for d in [leaf, *leaf.parents] if d.is_relative_to(mount) and d != mount and not d.exists()]
@@ -122,7 +122,7 @@ def test_slurm_job_of_a_real_process_in_a_slurm_cgroup(kind, layout):
             leaf.mkdir(parents=True)
             (leaf / "cgroup.procs").write_text(str(process.pid))
         except OSError as err:
-            pytest.skip(f"cannot use cgroup {kind} here: {err}")
+            pytest.fail(f"cannot use cgroup {kind} here: {err}")
         assert slurm_job_of(process.pid) == job
     finally:
         process.kill()

@@ -53,7 +53,7 @@ def device_dir(root: Path, device: str) -> Path:
 @pytest.fixture
 def shared_sysfs() -> Path:
     if not SHARED_SYSFS.is_dir():
-        pytest.skip(f"shared fixtures not found at {SHARED_SYSFS}")
+        pytest.fail(f"shared fixtures not found at {SHARED_SYSFS}")
     return SHARED_SYSFS
 
 

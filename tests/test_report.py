@@ -63,7 +63,7 @@ def test_html_has_its_sections_and_renders_in_chromium(report):
     assert page.count("<img ") >= 5 and "data:image/png;base64," in page
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.skip("chromium is not installed")
+        pytest.fail("chromium is not installed")
     shot = root / "shot.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -82,7 +82,7 @@ def test_html_has_its_sections_and_renders_in_chromium(report):
 def test_pdf_converts_to_its_pages(report):
     root, _, _ = report
     if shutil.which("pdftoppm") is None:
-        pytest.skip("poppler-utils is not installed")
+        pytest.fail("poppler-utils is not installed")
     info = subprocess.run(["pdfinfo", str(root / "out" / "report.pdf")], check=True, capture_output=True, text=True)
     pages = int(next(line.split()[-1] for line in info.stdout.splitlines() if line.startswith("Pages:")))
     assert "pts (A4)" in info.stdout  # the front page, A4 landscape

@@ -475,7 +475,6 @@ def v3_target(name: str, endpoint: tuple[str, int], user: str, **options) -> Snm
 
 @pytest.mark.parametrize("pysnmp", [False, True], ids=["built-in USM", "pysnmp"])
 async def test_snmpv3_auth_priv_against_snmpd(snmpd, pysnmp):
-    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
     targets = [v3_target(f"host-{user}", snmpd.endpoint, user) for user in ("strandwatch", "sha512user")]
     stranger = SnmpTarget("host-unknown-user", *snmpd.endpoint, version="3", user="stranger", deadline=2.0)
     source = SnmpSource(SnmpConfig((*targets, stranger)), use_pysnmp_for_v3=pysnmp)
@@ -490,7 +489,6 @@ async def test_snmpv3_auth_priv_against_snmpd(snmpd, pysnmp):
 
 
 async def test_snmpv3_with_des_goes_through_pysnmp(snmpd):
-    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
     interfaces, health = split(await poll_once([v3_target("host-des", snmpd.endpoint, "desuser")]))
     assert health["host-des"].fields["up"] == 1 and len(interfaces) == len(kernel_interfaces())
 
@@ -498,7 +496,6 @@ async def test_snmpv3_with_des_goes_through_pysnmp(snmpd):
 async def test_snmpv3_rediscovers_a_restarted_agent(tmp_path):
     """This snmpd makes up a new engine id when it restarts and reports unknownEngineID to requests
     for the old one: the poller discovers the engine again and sends the request once more."""
-    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
     agent = Snmpd(tmp_path)
     source = SnmpSource.from_targets([v3_target("restarted", agent.endpoint, "strandwatch", timeout=1, retries=0)])
     try:
@@ -514,7 +511,6 @@ async def test_snmpv3_rediscovers_a_restarted_agent(tmp_path):
 async def test_snmpv3_resynchronises_a_clock_out_of_its_time_window(snmpd):
     """An agent answers a request from outside its time window (stale boots or time) with an
     authenticated notInTimeWindow report; the session takes the agent's clock from it and retries."""
-    pytest.importorskip("cryptography", reason="SNMPv3 privacy needs 'cryptography'")
     client = SnmpClient()
     try:
         session = await client.session(v3_target("clock", snmpd.endpoint, "strandwatch"))
