@@ -35,14 +35,33 @@ class NoSubscriberError(RuntimeError):
 
 
 class Delivery:
-    """One batch handed to one subscriber; ``ack()`` once its points are safely stored."""
+    """One batch handed to one subscriber; ``ack()`` once its points are safely stored.
 
-    __slots__ = ("points", "_on_ack", "acked")
+    ``points`` is a property so that a transport can validate a batch without
+    building its points and build them only for a consumer that asks
+    (``MqttDelivery``); ``count`` and ``newest_ns`` never need them.
+    """
 
-    def __init__(self, points: list[Point], on_ack: Callable[[], None]) -> None:
-        self.points = points
+    __slots__ = ("_points", "_on_ack", "acked")
+
+    def __init__(self, points: list[Point] | None, on_ack: Callable[[], None]) -> None:
+        self._points = points
         self._on_ack = on_ack
         self.acked = False
+
+    @property
+    def points(self) -> list[Point]:
+        return self._points  # type: ignore[return-value]
+
+    @property
+    def count(self) -> int:
+        """How many points the batch holds."""
+        return len(self.points)
+
+    @property
+    def newest_ns(self) -> int:
+        """The newest timestamp in the batch (0 for an empty one)."""
+        return max((point.time_ns for point in self.points), default=0)
 
     async def ack(self) -> None:
         """Acknowledge the delivery; acknowledging twice does nothing."""
@@ -51,7 +70,7 @@ class Delivery:
             self._on_ack()
 
     def __repr__(self) -> str:
-        return f"Delivery({len(self.points)} points, acked={self.acked})"
+        return f"{type(self).__name__}({self.count} points, acked={self.acked})"
 
 
 @runtime_checkable

@@ -54,7 +54,8 @@ class PointWriter(Protocol):
     """What ingest writes to: AsyncEmbeddedStore, AsyncInfluxWriter, or anything with this method.
 
     A writer that also has ``async write_line_protocol(text: bytes, count: int)``
-    (AsyncInfluxWriter) gets the messages' validated line protocol as it came.
+    (AsyncInfluxWriter) gets the messages' validated line protocol as it came,
+    and no point is ever built for it.
     """
 
     async def write(self, points: Iterable[Point]) -> int: ...
@@ -126,7 +127,7 @@ class IngestService:
                 if not pending:
                     deadline = time.monotonic() + self.linger_s
                 pending.append(delivery)
-                points += len(delivery.points)
+                points += delivery.count
                 if points < self.batch_points and len(pending) < self.batch_messages:
                     continue
             if pending:
@@ -135,24 +136,24 @@ class IngestService:
                 points = 0
 
     async def _write_and_ack(self, pending: list[Delivery]) -> None:
-        batch = [point for delivery in pending for point in delivery.points]
+        count = sum(delivery.count for delivery in pending)
         try:
-            await self._write(batch, self._line_protocol(pending))
+            await self._write(pending, count)
         except _StoreRefused:
             for delivery in pending:
                 try:
-                    await self._write(delivery.points)
+                    await self._write([delivery], delivery.count)
                 except _StoreRefused as refused:
                     self.stats.store_rejected += 1
                     log.error("ingest: the store refused a message of %d points; dropped: %s",
-                              len(delivery.points), refused.__cause__)
+                              delivery.count, refused.__cause__)
         for delivery in pending:
             await delivery.ack()
         self.stats.messages += len(pending)
-        self.stats.points += len(batch)
+        self.stats.points += count
         self.stats.batches += 1
-        self._written_since_report += len(batch)
-        self._newest_written_ns = max(self._newest_written_ns, max((p.time_ns for p in batch), default=0))
+        self._written_since_report += count
+        self._newest_written_ns = max(self._newest_written_ns, *(delivery.newest_ns for delivery in pending))
         if time.monotonic() - self._reported_at >= self.report_every_s:
             await self._report()
 
@@ -176,28 +177,30 @@ class IngestService:
         self._reported_at = time.monotonic()
         self._written_since_report = 0
 
-    def _line_protocol(self, pending: list[Delivery]) -> bytes | None:
-        """The batch as validated line protocol, when the store takes it and every message has it."""
+    def _line_protocol(self, deliveries: list[Delivery]) -> bytes | None:
+        """The deliveries as validated line protocol, when the store takes it and every one has it."""
         if not hasattr(self.store, "write_line_protocol"):
             return None
-        texts = [getattr(delivery, "line_protocol", None) for delivery in pending]
+        texts = [getattr(delivery, "line_protocol", None) for delivery in deliveries]
         if any(text is None for text in texts):
             return None
-        return "".join(text if text.endswith("\n") or not text else text + "\n" for text in texts).encode()
+        return b"".join(text if text.endswith(b"\n") or not text else text + b"\n" for text in texts)
 
-    async def _write(self, points: list[Point], line_protocol: bytes | None = None) -> None:
+    async def _write(self, deliveries: list[Delivery], count: int) -> None:
+        line_protocol = self._line_protocol(deliveries)
+        # InfluxDB takes the text the publishers sent: no point is built, nothing is encoded again.
+        points = [point for delivery in deliveries for point in delivery.points] if line_protocol is None else []
         delay = self.retry_min_s
         while True:
             started = time.monotonic()
             try:
                 if line_protocol is not None:
-                    # InfluxDB takes the text the publisher sent: no second encoding of every point.
-                    await self.store.write_line_protocol(line_protocol, len(points))
+                    await self.store.write_line_protocol(line_protocol, count)
                 else:
                     await self.store.write(points)
             except _TRANSIENT as error:
                 self.stats.write_retries += 1
-                log.warning("ingest: store write of %d points failed (%s); retrying in %.1f s", len(points), error, delay)
+                log.warning("ingest: store write of %d points failed (%s); retrying in %.1f s", count, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue

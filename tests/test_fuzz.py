@@ -16,6 +16,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.lineprotocol import parse
 from collector.schema import Point
 from collector.transport.envelope import ENVELOPE_VERSION, Envelope, EnvelopeError, decode, encode_envelope
 
@@ -34,7 +35,10 @@ def decode_all(payload: bytes, **limits) -> tuple[Envelope, list[Point]] | Envel
     started = time.monotonic()
     try:
         envelope = decode(payload, where="fuzz", **{k: v for k, v in limits.items() if k == "max_bytes"})
-        points, _ = envelope.validate("fuzz", **{k: v for k, v in limits.items() if k == "max_points"})
+        checked = envelope.validate("fuzz", **{k: v for k, v in limits.items() if k == "max_points"})
+        # Unparsed points are built later, on demand (MqttDelivery.points): that parse must not fail.
+        points = checked.parsed if checked.parsed is not None else parse(envelope.points)
+        assert len(points) == checked.count
     except EnvelopeError as error:
         assert error.kind in EnvelopeError.KINDS
         result: tuple[Envelope, list[Point]] | EnvelopeError = error

@@ -22,6 +22,7 @@ from collector.lineprotocol import (
     encode,
     parse,
     parse_file,
+    plain_point_count,
 )
 from collector.schema import Point
 
@@ -409,4 +410,71 @@ def test_parse_of_pathological_repetition_does_not_hang(unit, count):
     except LineProtocolError:
         pass
     parse(text, default_time_ns=0, errors="skip")
+    plain_point_count(text)
+    plain_point_count(f"m,a=b f={text}")
     assert time.monotonic() - started < 2.0, f"{len(text)} characters took {time.monotonic() - started:.1f} s"
+
+
+# --- plain_point_count: validation without building points ----------------
+
+
+def test_plain_point_count_takes_what_encode_writes_for_counters_and_strings():
+    points = [
+        Point("infiniband", {"host": "gpu01", "device": "mlx5_0", "port": "1"},
+              {"port_xmit_data": 39453018562, "rate": 400.0, "up": True, "ratio": -1.5e-300, "big": 10**19 + 7,
+               "large": 1.5e99}, T),
+        Point("nvidia_smi", {"host": "gpu01", "name": "H100"}, {"driver_version": '550.54 "x" \\ y'}, T + 1),
+    ]
+    text = encode(points)
+    assert plain_point_count(text) == 2
+    assert plain_point_count("") == 0
+
+
+@pytest.mark.parametrize("text", [
+    "m f=1i\n",  # no timestamp: takes a default, so not storable as it is
+    "m f=1i 1",  # no newline at the end
+    "m f=1i 1\n\n",  # blank line
+    "# comment\nm f=1i 1\n",
+    "m f=1i -1\n",  # negative timestamps are valid, but not plain
+    "m f=1i 9223372036854775808\n",  # over int64
+    "m f=1234567890123456789i 1\n",  # 19 digits: needs a range check
+    "m f=1e400 1\n",  # overflows to inf
+    "m f=1.5e+300 1\n",  # valid, but its range needs a check
+    "m f=x 1\n",
+    "m,a\\ b=c f=1i 1\n",  # escapes
+    "m,a=b=c f=1i 1\n",
+    'm f="two\nlines" 1\n',
+    "m f=1i 1\r\n",
+    "m  f=1i 1\n",
+    "m f=1i,f2= 1\n",
+])
+def test_plain_point_count_leaves_anything_unusual_to_parse(text):
+    assert plain_point_count(text) is None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_POINT, max_size=6))
+def test_plain_point_count_of_encoded_points_is_their_number_or_none(points):
+    text = encode(points)
+    count = plain_point_count(text)
+    if count is not None:
+        assert count == len(parse(text))
+
+
+_PLAIN_ALPHABET = st.sampled_from(list(' ,="\\#\r\t\ntTfFiue.-+0123456789m_') + ["é", "\x00", "\ud800"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.text(_PLAIN_ALPHABET, max_size=60),
+    st.lists(st.tuples(st.text(_PLAIN_ALPHABET, max_size=12), _FIELD_TEXT, st.text(_PLAIN_ALPHABET, max_size=4)),
+             max_size=3).map(lambda lines: "".join(f"m{tags} f={value} 1{tail}\n" for tags, value, tail in lines)),
+))
+def test_what_plain_point_count_accepts_parse_accepts_with_every_timestamp(text):
+    """A count promises: parse succeeds, one point per line, none of them taking the default time."""
+    count = plain_point_count(text)
+    if count is None:
+        return
+    first = parse(text, default_time_ns=-1)
+    assert len(first) == count == text.count("\n")
+    assert first == parse(text, default_time_ns=-2)

@@ -98,6 +98,23 @@ def test_envelope_bad_points_and_limits():
     assert caught.value.kind == "oversized"
     with pytest.raises(ValueError, match="smaller batches"):
         encode_envelope(poll(1), site="a", host="h", source="s", seq=1, max_bytes=200)
+    document = json.loads(payload)
+    document["points"] = document["points"].replace("gpu01", "gpu\ud800", 1)  # JSON carries it; UTF-8 cannot
+    with pytest.raises(EnvelopeError, match="not valid Unicode") as caught:
+        decode(json.dumps(document).encode()).validate("topic t/1")
+    assert caught.value.kind == "bad_points"
+
+
+def test_envelope_validation_of_plain_points_builds_none_until_asked():
+    payload = encode_envelope(poll(2), site="a", host="h", source="s", seq=1)
+    envelope = decode(payload)
+    checked = envelope.validate()
+    assert (checked.count, checked.parsed) == (50, None)
+    assert checked.line_protocol == envelope.points.encode()
+    assert envelope.parse_points() == poll(2)
+    untimed = decode(payload.replace(b" " + str(T0 + 2 * STEP).encode() + b"\\n", b"\\n", 1)).validate()
+    assert untimed.count == 50 and untimed.line_protocol is None
+    assert untimed.parsed[0].time_ns == envelope.time_ns
 
 
 def test_batch_source_and_shards():

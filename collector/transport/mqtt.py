@@ -47,9 +47,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.bus import BusClosedError, Delivery
+from collector.lineprotocol import parse
 from collector.schema import COLLECTOR_HEALTH, Point
 from collector.transport.envelope import (
     MAX_ENVELOPE_BYTES,
+    CheckedPoints,
     Envelope,
     EnvelopeError,
     decode,
@@ -440,18 +442,34 @@ class RejectCounter:
 class MqttDelivery(Delivery):
     """A Delivery that also carries its envelope (site, host, source, times) and topic.
 
-    ``line_protocol`` is the validated text of the points, ready for InfluxDB
-    without encoding them again; None when some line lacked a timestamp.
+    The envelope was validated on receipt. ``line_protocol`` is its points as
+    UTF-8 line protocol that InfluxDB takes without encoding them again (None
+    when some line lacked a timestamp); ``points`` are built from it only when
+    a consumer asks. ``newest_ns`` is the envelope's poll time.
     """
 
-    __slots__ = ("envelope", "topic", "line_protocol")
+    __slots__ = ("envelope", "topic", "line_protocol", "_count")
 
-    def __init__(self, points: list[Point], on_ack: Callable[[], None], envelope: Envelope, topic: str,
-                 line_protocol: str | None = None) -> None:
-        super().__init__(points, on_ack)
+    def __init__(self, envelope: Envelope, topic: str, checked: CheckedPoints, on_ack: Callable[[], None]) -> None:
+        super().__init__(checked.parsed, on_ack)
         self.envelope = envelope
         self.topic = topic
-        self.line_protocol = line_protocol
+        self.line_protocol = checked.line_protocol
+        self._count = checked.count
+
+    @property
+    def points(self) -> list[Point]:
+        if self._points is None:  # validated on receipt: plain lines, each with its timestamp
+            self._points = parse(self.envelope.points, source_name=f"topic {self.topic} seq {self.envelope.seq}")
+        return self._points
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def newest_ns(self) -> int:
+        return self.envelope.time_ns
 
 
 _END = object()
@@ -544,12 +562,12 @@ class MqttSubscription:
 
         try:
             envelope = decode(payload, where=f"topic {topic}", max_bytes=self.settings.max_message_bytes)
-            points, complete = envelope.validate(f"topic {topic} seq {envelope.seq}")
+            checked = envelope.validate(f"topic {topic} seq {envelope.seq}")
         except EnvelopeError as error:
             self.rejects.reject(error)
             ack()
             return
-        await self._queue.put(MqttDelivery(points, ack, envelope, topic, envelope.points if complete else None))
+        await self._queue.put(MqttDelivery(envelope, topic, checked, ack))
 
 
 class MqttBus:
