@@ -139,17 +139,19 @@ def counter_rates(
         reset |= went_down
     epoch = np.cumsum(reset)
 
-    result = {TIME: utc_times(times), **{tag: work[tag].to_numpy() for tag in series}, INTERVAL: row_dt}
+    kept = np.flatnonzero(same_series)
+    result = {TIME: utc_times(times[kept]), **{tag: work[tag].to_numpy()[kept] for tag in series},
+              INTERVAL: row_dt[kept]}
     spans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name, column in values.items():
         span = spans.get(id(valid[name]))
         if span is None:
             span = spans[id(valid[name])] = _usable_spans(valid[name], times, epoch, max_gap_s)
-        result[name] = _rate(len(column), increases[name], span)
+        result[name] = _rate(len(column), increases[name], span)[kept]
     for name in gauges:
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
-        result[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    return pd.DataFrame(result).loc[same_series].reset_index(drop=True)
+        result[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
+    return pd.DataFrame(result)
 
 
 def utc_times(ns: np.ndarray) -> pd.DatetimeIndex:

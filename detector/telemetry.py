@@ -196,7 +196,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
     bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
     frame = frame.assign(**{TIME: utc_times(bins * int(round(step_ns)))})
-    if not frame.duplicated([TIME, *keys]).any():
+    if not _has_duplicate_cells(frame, keys, bins):
         return frame.reset_index(drop=True)
     numeric = [c for c in frame.columns
                if c not in (TIME, *keys, "interval_s") and pd.api.types.is_numeric_dtype(frame[c])]
@@ -211,6 +211,16 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     if others:
         merged = merged.join(frame[others].groupby(groups, sort=False, dropna=False).last())
     return merged.reset_index()
+
+
+def _has_duplicate_cells(frame: pd.DataFrame, keys: list[str], bins: np.ndarray) -> bool:
+    """Whether two samples of one series land in one grid interval (integer codes, not a string ``duplicated``)."""
+    series = np.zeros(len(frame), dtype=np.int64)
+    for key in keys:
+        codes, uniques = pd.factorize(frame[key], use_na_sentinel=False)
+        series = series * len(uniques) + codes
+    cells = series * (int(bins.max() - bins.min()) + 1) + (bins - bins.min())
+    return len(pd.unique(cells)) != len(cells)
 
 
 def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
