@@ -33,7 +33,7 @@ from collector.agent import AgentConfig, AgentConfigError
 from collector.agent import parse_config as parse_agent_config
 from collector.sources.snmp.config import SnmpConfig, SnmpConfigError
 from collector.sources.snmp.config import parse_config as parse_snmp_config
-from collector.transport.mqtt import MqttSettings, TlsSettings, shard_filters
+from collector.transport.mqtt import MqttSettings, TlsFileError, TlsSettings, shard_filters
 
 __all__ = [
     "ConfigError",
@@ -275,9 +275,11 @@ def _mqtt(section: _Section, site: str) -> MqttSettings:
             key_password=tls_section.text("key_password", None),
             insecure=tls_section.boolean("insecure", False),
         )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise tls_section.error("cert_file", "a client certificate needs both cert_file and key_file")
-    tls_section.finish()
+        tls_section.finish()
+        try:
+            tls.context()  # the files load: a wrong key or password is refused now, not at every reconnection
+        except TlsFileError as error:
+            raise tls_section.error(error.key, error.problem) from None
     spool = section.section("spool")
     settings = dict(
         brokers=brokers,

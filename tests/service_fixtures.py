@@ -19,13 +19,26 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["InfluxDB1", "Mosquitto", "VictoriaMetrics", "free_port", "influxdb", "mosquitto", "victoria_metrics"]
+__all__ = ["InfluxDB1", "Mosquitto", "VictoriaMetrics", "free_port", "influxdb", "make_certs", "mosquitto",
+           "victoria_metrics"]
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def make_certs(directory: Path, *clients: str) -> Path:
+    """``deploy/make-certs.sh`` into ``directory``: a CA, a broker certificate for localhost, one per client.
+
+    Returns the directory: ``ca.crt``, ``server.{crt,key}``, ``<client>.{crt,key}`` (CN = the client name).
+    Called again on the same directory it adds clients signed by the same CA.
+    """
+    script = Path(__file__).resolve().parents[1] / "deploy" / "make-certs.sh"
+    subprocess.run([str(script), "localhost", *clients], env={"CERT_DIR": str(directory), "PATH": "/usr/bin:/bin"},
+                   check=True, capture_output=True, timeout=60)
+    return directory
 
 
 def _require(binary: str) -> str:

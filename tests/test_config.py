@@ -10,11 +10,20 @@ import pytest
 import yaml
 
 from collector.config import ConfigError, load_config, parse_config
+from service_fixtures import make_certs
 
 SAMPLE = Path(__file__).resolve().parent.parent / "collector" / "strandwatch.sample.yaml"
 
 
-def test_sample_loads_with_documented_defaults():
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    """A CA with a client certificate ``node07``, and ``other/``: a second CA with its own ``node07``."""
+    directory = make_certs(tmp_path_factory.mktemp("certs"), "node07")
+    make_certs(directory / "other", "node07")
+    return directory
+
+
+def test_sample_loads_with_documented_defaults(certs):
     config = load_config(SAMPLE, environ={})
     assert config.site == "default"
     assert list(config.mqtt.brokers) == [("127.0.0.1", 1883)]
@@ -25,13 +34,14 @@ def test_sample_loads_with_documented_defaults():
         (timedelta(minutes=1), timedelta(days=90)), (timedelta(hours=1), timedelta(days=730))]
     # Every commented-out key of the sample is a real key too.
     uncommented = re.sub(r"(?m)^(\s+)# ( *)([a-z_]+:.*)$", r"\1\2\3", SAMPLE.read_text())
-    document = yaml.safe_load(uncommented.replace("ca_file: /etc/strandwatch/ca.pem", f"ca_file: {SAMPLE}")
-                              .replace("cert_file: /etc/strandwatch/client.pem", f"cert_file: {SAMPLE}")
-                              .replace("key_file: /etc/strandwatch/client.key", f"key_file: {SAMPLE}"))
+    document = yaml.safe_load(uncommented.replace("ca_file: /etc/strandwatch/ca.pem", f"ca_file: {certs / 'ca.crt'}")
+                              .replace("cert_file: /etc/strandwatch/client.pem", f"cert_file: {certs / 'node07.crt'}")
+                              .replace("key_file: /etc/strandwatch/client.key", f"key_file: {certs / 'node07.key'}"))
+    document["mqtt"]["tls"].pop("key_password")  # the test key has none
     document["store"]["backend"] = "influxdb_v2"
     document["ingest"].pop("topics")
     config = parse_config(document, environ={"STRANDWATCH_INFLUX_TOKEN": "t"})
-    assert config.store.influx.org == "my-org" and config.mqtt.tls.cert_file == str(SAMPLE)
+    assert config.store.influx.org == "my-org" and config.mqtt.tls.cert_file == str(certs / "node07.crt")
     assert config.ingest.shard_count == 3
 
 
@@ -61,6 +71,26 @@ def test_errors_name_the_file_the_key_and_the_problem(document, message):
         parse_config(document, source="/etc/strandwatch/strandwatch.yaml", environ={})
     assert str(caught.value).startswith("/etc/strandwatch/strandwatch.yaml: ")
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "tls, message",
+    [
+        ({"cert_file": "node07.crt"}, "mqtt.tls.key_file: a client certificate needs both cert_file and key_file"),
+        ({"key_file": "node07.key"}, "mqtt.tls.cert_file: a client certificate needs both cert_file and key_file"),
+        ({"cert_file": "node07.crt", "key_file": "absent.key"}, "mqtt.tls.key_file: file {certs}/absent.key does not exist"),
+        ({"cert_file": "node07.crt", "key_file": "other/node07.key"},
+         "mqtt.tls.cert_file: {certs}/node07.crt with key_file {certs}/other/node07.key: cannot load the client "
+         "certificate and its key ([X509: KEY_VALUES_MISMATCH]"),
+        ({"cert_file": "ca.key", "key_file": "ca.key"}, "mqtt.tls.cert_file: {certs}/ca.key with key_file"),
+        ({"ca_file": "node07.key"}, "mqtt.tls.ca_file: {certs}/node07.key is not a readable PEM CA certificate"),
+    ],
+)
+def test_tls_files_that_cannot_be_used_are_named(certs, tls, message):
+    document = {"mqtt": {"tls": {key: str(certs / name) for key, name in tls.items()}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, source="strandwatch.yaml", environ={})
+    assert message.format(certs=certs) in str(caught.value)
 
 
 def test_environment_overrides_secrets():

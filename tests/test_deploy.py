@@ -4,6 +4,7 @@ kind needs, and the example Mosquitto ACL enforced by a real TLS Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import socket
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from collector.transport import MqttSettings, TlsSettings
+from service_fixtures import free_port, make_certs
 
 pytestmark = pytest.mark.timeout(60)
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -249,32 +253,26 @@ def test_the_agent_configuration_publishes():
 
 # --- Mosquitto: TLS, per-agent passwords, the ACL ---------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 PASSWORDS = {"strandwatch-ingest": "ingest-pw", "node07": "node07-pw", "node08": "node08-pw"}
 
 
-@pytest.fixture(scope="module")
-def tls_mosquitto(tmp_path_factory):
+def start_broker(directory: Path, *, client_certificates: bool = False):
+    """Debian's Mosquitto with deploy/mosquitto's configuration and ACL on a loopback port; (process, port).
+
+    ``client_certificates`` uncomments its ``require_certificate`` and ``use_identity_as_username``.
+    """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists() or shutil.which("mosquitto_passwd") is None:
+    if not Path(binary).exists():
         pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
-    directory = tmp_path_factory.mktemp("mosquitto")
-    subprocess.run([str(DEPLOY / "make-certs.sh"), "localhost"], env={"CERT_DIR": str(directory), "PATH": "/usr/bin:/bin"},
-                   check=True, capture_output=True, timeout=60)
-    passwd = directory / "passwd"
-    for user, password in PASSWORDS.items():
-        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if not passwd.exists() else []), str(passwd), user, password],
-                       check=True, capture_output=True, timeout=10)
     port = free_port()
     config = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     config = (config.replace("/mosquitto/config/", f"{directory}/").replace("/mosquitto/certs/", f"{directory}/")
               .replace("/mosquitto/data/", f"{directory}/").replace("listener 8883", f"listener {port} 127.0.0.1")
               .replace("log_dest stdout", f"log_dest file {directory}/mosquitto.log"))
+    if client_certificates:
+        assert "#require_certificate true\n#use_identity_as_username true\n" in config
+        config = config.replace("#require_certificate true", "require_certificate true").replace(
+            "#use_identity_as_username true", "use_identity_as_username true")
     (directory / "acl").write_text((DEPLOY / "mosquitto" / "acl").read_text())
     (directory / "mosquitto.conf").write_text(config + "user root\n")
     process = subprocess.Popen([binary, "-c", str(directory / "mosquitto.conf")], stdout=subprocess.DEVNULL,
@@ -283,11 +281,23 @@ def tls_mosquitto(tmp_path_factory):
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return process, port
         except OSError:
             assert process.poll() is None, (directory / "mosquitto.log").read_text()
             assert time.monotonic() < deadline, "mosquitto did not start"
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tls_mosquitto(tmp_path_factory):
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
+    directory = make_certs(tmp_path_factory.mktemp("mosquitto"))
+    passwd = directory / "passwd"
+    for user, password in PASSWORDS.items():
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if not passwd.exists() else []), str(passwd), user, password],
+                       check=True, capture_output=True, timeout=10)
+    process, port = start_broker(directory)
     yield port, directory / "ca.crt"
     process.terminate()
     process.wait(10)
@@ -340,3 +350,93 @@ async def test_an_agent_may_publish_only_under_its_own_host(tls_mosquitto):
         await asyncio.wait_for(listener, 10)
         await asyncio.sleep(0.3)  # anything forged would have arrived before the last message
     assert received == ["strandwatch/v1/dc1/rdma/node07"]
+
+
+# --- Mosquitto with require_certificate: client certificates instead of passwords ------------
+
+@pytest.fixture(scope="module")
+def cert_mosquitto(tmp_path_factory):
+    """The deploy broker with client certificates required; certificates for an agent, ingest, and a stranger.
+
+    ``other/`` holds a second CA that signed its own ``node07`` certificate. The password file is
+    empty: with ``use_identity_as_username`` the certificate is the credential.
+    """
+    directory = make_certs(tmp_path_factory.mktemp("mosquitto-certs"), "node07", "strandwatch-ingest")
+    make_certs(directory / "other", "node07")
+    (directory / "passwd").write_text("")
+    process, port = start_broker(directory, client_certificates=True)
+    yield port, directory
+    process.terminate()
+    process.wait(10)
+
+
+def cert_settings(port: int, directory: Path, tmp_path: Path, name: str, tls: TlsSettings, **overrides) -> MqttSettings:
+    return MqttSettings(brokers=[("localhost", port)], site="dc1", host=name, tls=tls, timeout_s=5,
+                        spool_dir=tmp_path / f"spool-{name}", **overrides)
+
+
+async def test_a_publisher_with_a_certificate_from_the_ca_gets_through_and_its_points_land(cert_mosquitto, tmp_path):
+    from collector.ingest import IngestService
+    from collector.schema import Point
+    from collector.store import AsyncEmbeddedStore, EmbeddedStore
+    from collector.transport import MqttPublisher, MqttSubscription
+
+    port, directory = cert_mosquitto
+    ca = str(directory / "ca.crt")
+    ingest_tls = TlsSettings(ca, str(directory / "strandwatch-ingest.crt"), str(directory / "strandwatch-ingest.key"))
+    agent_tls = TlsSettings(ca, str(directory / "node07.crt"), str(directory / "node07.key"))
+    store = EmbeddedStore(tmp_path / "metrics.db", retention=None)
+    subscription = MqttSubscription(
+        cert_settings(port, directory, tmp_path, "ingest", ingest_tls, client_id="ingest-certs"),
+        ["$share/ingest/strandwatch/v1/#"])
+    service = IngestService(subscription, AsyncEmbeddedStore(store), linger_s=0.05)
+    await subscription.start()
+    await subscription.wait_connected()
+    consuming = asyncio.create_task(service.run())
+    t0 = 1_700_000_000_000_000_000
+    async with MqttPublisher(cert_settings(port, directory, tmp_path, "node07", agent_tls)) as publisher:
+        assert publisher.connected
+        for step in range(5):
+            await publisher.publish([Point("infiniband", {"host": "node07", "device": "mlx5_0", "port": str(port_)},
+                                           {"port_xmit_data": step * 100 + port_}, t0 + step * 10**10)
+                                     for port_ in range(1, 9)], source="rdma")
+        # The certificate's CN is its user name: the ACL keeps it to its own host's topics.
+        await publisher.publish([Point("infiniband", {"host": "node08"}, {"port_xmit_data": 1}, t0)],
+                                source="rdma", host="node08")
+        assert publisher.published == 6 and publisher.spooled == 0
+    deadline = time.monotonic() + 15
+    while service.stats.points < 40:
+        assert time.monotonic() < deadline, f"only {service.stats.points} of 40 points stored"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the forged node08 batch would have arrived by now
+    await subscription.close()
+    await consuming
+    frame = store.read("infiniband")
+    store.close()
+    assert len(frame) == 40 and set(frame["host"]) == {"node07"}
+
+
+@pytest.mark.parametrize("who, reason", [
+    ("without a certificate", "certificate required"),
+    ("with a certificate from another CA", "unknown ca"),
+])
+async def test_a_publisher_without_a_certificate_of_the_ca_is_refused_with_a_clear_error(
+        cert_mosquitto, tmp_path, caplog, who, reason):
+    from collector.schema import Point
+    from collector.transport import MqttPublisher
+
+    port, directory = cert_mosquitto
+    ca = str(directory / "ca.crt")
+    tls = TlsSettings(ca) if who == "without a certificate" else \
+        TlsSettings(ca, str(directory / "other" / "node07.crt"), str(directory / "other" / "node07.key"))
+    publisher = MqttPublisher(cert_settings(port, directory, tmp_path, "node07", tls, reconnect_min_s=5))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="collector.transport.mqtt"):
+        await publisher.start()
+        # Refused during the TLS handshake's aftermath, at once: not after the 5 s CONNACK timeout.
+        assert time.monotonic() - started < 4
+        await publisher.publish([Point("infiniband", {"host": "node07"}, {"port_xmit_data": 1}, 1)], source="rdma")
+        await publisher.close(drain_timeout=0)
+    assert (publisher.connected, publisher.published, publisher.spooled) == (False, 0, 1)
+    refusals = [record.getMessage() for record in caplog.records if "cannot connect" in record.getMessage()]
+    assert refusals and reason in refusals[0], caplog.text

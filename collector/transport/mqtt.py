@@ -23,11 +23,15 @@ broker address, entered again (``async with client``) after every
 disconnect, with the subscriptions made again inside.
 
 aiomqtt 2 exposes neither manual acknowledgement nor the end of a
-connection outside message iteration, so this module uses two private
+connection outside message iteration, so this module uses private
 attributes, pinned by aiomqtt>=2,<3: ``client._client`` (the paho-mqtt
-client, for ``manual_ack_set`` and ``ack``) and ``client._disconnected`` (so a
-publish waiting for its PUBACK fails when the connection drops instead of
-after the timeout).
+client, for ``manual_ack_set``, ``ack`` and ``on_log``),
+``client._disconnected`` (so a publish waiting for its PUBACK fails when the
+connection drops instead of after the timeout), and ``client._connected``,
+``_lock`` and ``_loop`` (so a connection the broker drops before its CONNACK
+fails at once with paho's reason, such as the TLS alert "certificate
+required" or "unknown ca", instead of "Operation timed out" after
+``timeout_s``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.client import MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -68,6 +73,7 @@ __all__ = [
     "MqttSettings",
     "MqttSubscription",
     "RejectCounter",
+    "TlsFileError",
     "TlsSettings",
     "batch_source",
     "shard_filters",
@@ -79,16 +85,53 @@ DEFAULT_TOPIC_PREFIX = "strandwatch/v1"
 PROTOCOLS = ("5", "3.1.1")
 
 
+class TlsFileError(ValueError):
+    """A TLS file that cannot be used; ``key`` names its setting under ``mqtt.tls``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"mqtt.tls.{key}: {problem}")
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """TLS towards the broker; client certificates when ``cert_file`` is set."""
 
     ca_file: str | None = None
+    """The CA that signed the broker's certificate (PEM); the system's CAs when None."""
     cert_file: str | None = None
+    """This client's certificate (PEM), for brokers with ``require_certificate true``; needs ``key_file``."""
     key_file: str | None = None
     key_password: str | None = None
     insecure: bool = False
     """Skip the broker hostname check (never in production)."""
+
+    def context(self) -> ssl.SSLContext:
+        """The client's TLS context; TlsFileError naming the setting, the file and what is wrong with it."""
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise TlsFileError(key, f"file {path} does not exist")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise TlsFileError("cert_file" if self.cert_file is None else "key_file",
+                               "a client certificate needs both cert_file and key_file")
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if self.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as error:
+                raise TlsFileError("ca_file", f"{self.ca_file} is not a readable PEM CA certificate ({error})") from None
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, self.key_password)
+            except (OSError, ssl.SSLError) as error:
+                raise TlsFileError("cert_file", f"{self.cert_file} with key_file {self.key_file}: cannot load the "
+                                                f"client certificate and its key ({error}); are they PEM, do they "
+                                                f"belong together, is key_password right?") from None
+        if self.insecure:
+            context.check_hostname = False
+        return context
 
 
 @dataclass(frozen=True)
@@ -169,16 +212,8 @@ def batch_source(batch: Sequence[Point]) -> str:
     return measurements.pop() if len(measurements) == 1 else "mixed"
 
 
-def _client(settings: MqttSettings, address: tuple[str, int], *, consumer: bool) -> aiomqtt.Client:
-    tls_params = None
-    if settings.tls is not None:
-        tls_params = aiomqtt.TLSParameters(
-            ca_certs=settings.tls.ca_file,
-            certfile=settings.tls.cert_file,
-            keyfile=settings.tls.key_file,
-            cert_reqs=ssl.CERT_REQUIRED,
-            keyfile_password=settings.tls.key_password,
-        )
+def _client(settings: MqttSettings, address: tuple[str, int], tls: ssl.SSLContext | None, *,
+            consumer: bool) -> aiomqtt.Client:
     if settings.protocol == "5":
         properties = Properties(PacketTypes.CONNECT)
         if consumer:
@@ -198,12 +233,31 @@ def _client(settings: MqttSettings, address: tuple[str, int], *, consumer: bool)
         keepalive=settings.keepalive_s,
         timeout=settings.timeout_s,
         **session,  # type: ignore[arg-type]
-        tls_params=tls_params,
-        tls_insecure=settings.tls.insecure if settings.tls is not None else None,
+        tls_context=tls,
     )
     if consumer:
         client._client.manual_ack_set(True)  # see the module docstring
+    client._client.on_log = _fail_connecting(client)
     return client
+
+
+def _fail_connecting(client: aiomqtt.Client) -> Callable[..., None]:
+    """A paho ``on_log`` that fails a connection attempt at once with the error paho logs (see the module docstring).
+
+    Under TLS 1.3 a broker refuses a client certificate after the handshake;
+    paho logs the alert and closes the socket, but aiomqtt ignores a
+    disconnection before the CONNACK and waits for its timeout.
+    """
+
+    def fail(text: str) -> None:
+        if client._lock.locked() and not client._connected.done():  # an attempt under way, no CONNACK yet
+            client._connected.set_exception(aiomqtt.MqttError(text))
+
+    def on_log(_paho: object, _userdata: object, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:
+            client._loop.call_soon_threadsafe(fail, text)
+
+    return on_log
 
 
 class _Reconnector:
@@ -212,6 +266,7 @@ class _Reconnector:
     def __init__(self, settings: MqttSettings, *, consumer: bool) -> None:
         self.settings = settings
         self.consumer = consumer
+        self._tls = settings.tls.context() if settings.tls is not None else None  # bad files fail here, not later
         self._clients: dict[tuple[str, int], aiomqtt.Client] = {}
         self._attempt = 0
         self._delay = settings.reconnect_min_s
@@ -221,7 +276,7 @@ class _Reconnector:
         address = tuple(brokers[self._attempt % len(brokers)])
         self._attempt += 1
         if address not in self._clients:
-            self._clients[address] = _client(self.settings, address, consumer=self.consumer)
+            self._clients[address] = _client(self.settings, address, self._tls, consumer=self.consumer)
         return self._clients[address]
 
     def connected(self) -> None:
@@ -276,6 +331,7 @@ class MqttPublisher:
         self._reconnector = _Reconnector(settings, consumer=False)
         self._first_attempt = asyncio.Event()
         self._was_connected = False
+        self._failures_logged: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -368,6 +424,7 @@ class MqttPublisher:
                 async with client:
                     self._reconnector.connected()
                     log.info("MQTT publisher connected to %s:%s", client._hostname, client._port)
+                    self._failures_logged.clear()
                     self._lost.clear()
                     if self._was_connected and self.settings.resume_delay_s:
                         await asyncio.sleep(self.settings.resume_delay_s)
@@ -383,7 +440,13 @@ class MqttPublisher:
                     self._client = None
             except aiomqtt.MqttError as error:
                 self._connection_lost(error)
-                log.debug("MQTT publisher: %s:%s: %s", client._hostname, client._port, error)
+                failure = f"{client._hostname}:{client._port}: {error}"
+                # A refusal (a certificate, a password) repeats at every attempt: say it once, not every backoff.
+                if failure not in self._failures_logged:
+                    self._failures_logged.add(failure)
+                    log.warning("MQTT publisher: cannot connect to %s; spooling meanwhile", failure)
+                else:
+                    log.debug("MQTT publisher: cannot connect to %s", failure)
             if self._reconnector.tried_all():
                 self._first_attempt.set()
             if not self._closing.is_set():
