@@ -1,5 +1,6 @@
-"""Signals: the first SIGTERM drains under load and loses nothing, a second forces the exit,
-SIGHUP reloads; and a reload adds and removes SNMP targets between polls."""
+"""Signals: the first SIGTERM drains under load and loses nothing, a second forces the exit (also
+while a publishing agent flushes its spool to a dead or silent broker), SIGHUP reloads; and a
+reload adds and removes SNMP targets between polls."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -131,6 +133,76 @@ def test_the_backstop_exits_even_when_cancellation_is_swallowed(tmp_path):
         process.kill()
     assert process.returncode == 130, stderr
     assert "ignoring cancellation" in stdout
+
+
+ROCE_SYSFS = REPO / "tests" / "fixtures" / "sysfs" / "roce"
+
+
+def start_publishing_agent(tmp_path: Path, broker_port: int) -> tuple[subprocess.Popen, Path, Path]:
+    """``strandwatch agent`` publishing to a broker on ``broker_port``, waiting up to a minute for it."""
+    config = tmp_path / "agent.yaml"
+    spool = tmp_path / "spool"
+    config.write_text(yaml.safe_dump({
+        "site": "dc1", "interval_s": 0.2, "health_address": "127.0.0.1:0",
+        "mqtt": {"brokers": [f"127.0.0.1:{broker_port}"], "timeout_s": 60, "reconnect_min_s": 0.1,
+                 "reconnect_max_s": 0.5, "spool": {"path": str(spool)}},
+        "agent": {"host": "node1", "sources": {"rdma": {"sysfs_root": str(ROCE_SYSFS)}, "ethtool": False,
+                                               "gpu": False, "jobs": False}},
+    }))
+    log = tmp_path / "agent.log"
+    process = subprocess.Popen([sys.executable, "-m", "detector.cli", "--log-level", "INFO", "agent", "--config",
+                                str(config)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    return process, spool, log
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def force_exit(process: subprocess.Popen, log: Path, second: signal.Signals) -> None:
+    """First SIGTERM: the service is still there a second later; the second signal ends it at once with 130."""
+    process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "agent: SIGTERM: finishing the current poll" in log.read_text(), 10, "the first signal")
+    time.sleep(1.0)
+    assert process.poll() is None, log.read_text()  # still draining: the broker does not take the spool
+    began = time.monotonic()
+    process.send_signal(second)
+    assert process.wait(10) == 130, log.read_text()
+    assert time.monotonic() - began < 3
+    assert f"agent: second {second.name}: stopping now" in log.read_text()
+
+
+def test_a_second_signal_stops_a_publishing_agent_flushing_to_a_dead_broker(tmp_path):
+    with socket.socket() as dead:  # bound, not listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        process, spool, log = start_publishing_agent(tmp_path, dead.getsockname()[1])
+        try:
+            wait_until(lambda: len(list(spool.glob("*.msg"))) >= 3, 30, "polls spooled while no broker answers")
+            force_exit(process, log, signal.SIGTERM)
+        finally:
+            process.kill()
+    assert "messages wait in the spool" in log.read_text()
+    # Nothing accepted is lost: every poll is still on disk for the next start to send.
+    assert len(list(spool.glob("*.msg"))) >= 3
+
+
+def test_a_second_signal_stops_a_publishing_agent_whose_broker_never_answers(tmp_path):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        process, _, log = start_publishing_agent(tmp_path, silent.getsockname()[1])
+        try:
+            wait_until(lambda: "serving /healthz" in log.read_text(), 30, "the agent to start")
+            time.sleep(0.5)  # connecting: waiting up to timeout_s (60 s) for a CONNACK that never comes
+            assert process.poll() is None, log.read_text()
+            force_exit(process, log, signal.SIGINT)
+        finally:
+            process.kill()
 
 
 def write_snmp_config(path: Path, agents, names: list[str]) -> None:
