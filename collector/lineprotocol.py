@@ -127,21 +127,56 @@ def _encode_value(value: FieldValue) -> str | None:
     raise ValueError(f"unsupported field value type {type(value).__name__}")
 
 
+# Escaped names, cached: a collector writes the same series and field names at every poll.
+_FIELD_PREFIXES: dict[str, str] = {}
+_SERIES_HEADS: dict[tuple, str] = {}
+_CACHE_LIMIT = 1 << 16
+
+
+def _field_prefix(key: str) -> str:
+    """``key=`` with ``key`` escaped."""
+    prefix = _FIELD_PREFIXES.get(key)
+    if prefix is None:
+        if len(_FIELD_PREFIXES) >= _CACHE_LIMIT:
+            _FIELD_PREFIXES.clear()
+        prefix = _FIELD_PREFIXES[key] = _escape_key(key) + "="
+    return prefix
+
+
+def _series_head(measurement: str, tags: dict[str, str]) -> str:
+    """Measurement and tags as line protocol: escaped, tags sorted, empty tag values left out."""
+    cache_key = (measurement, *tags.items())
+    head = _SERIES_HEADS.get(cache_key)
+    if head is None:
+        head = _escape_measurement(measurement)
+        # Sorted tags are what InfluxDB indexes fastest; empty values mean "no tag".
+        head += "".join(f",{_escape_key(key)}={_escape_key(tags[key])}" for key in sorted(tags) if tags[key] != "")
+        if len(_SERIES_HEADS) >= _CACHE_LIMIT:
+            _SERIES_HEADS.clear()
+        _SERIES_HEADS[cache_key] = head
+    return head
+
+
 def _encode_point(point: Point) -> str:
     fields = []
+    append = fields.append
+    prefixes = _FIELD_PREFIXES
     for key, value in point.fields.items():
-        text = _encode_value(value)
-        if text is not None:
-            fields.append(f"{_escape_key(key)}={text}")
+        prefix = prefixes.get(key) or _field_prefix(key)
+        kind = type(value)
+        # Integers and finite floats, nearly every value, without a call to _encode_value.
+        if kind is int and INT64_MIN <= value <= INT64_MAX:
+            append(f"{prefix}{value}i")
+        elif kind is float and value - value == 0.0:
+            append(prefix + float.__repr__(value))
+        else:
+            text = _encode_value(value)
+            if text is not None:
+                append(prefix + text)
     if not fields:
         return ""
-    head = _escape_measurement(point.measurement)
     tags = point.tags
-    if tags:
-        # Sorted tags are what InfluxDB indexes fastest; empty values mean "no tag".
-        head += "".join(
-            f",{_escape_key(key)}={_escape_key(tags[key])}" for key in sorted(tags) if tags[key] != ""
-        )
+    head = _SERIES_HEADS.get((point.measurement, *tags.items())) or _series_head(point.measurement, tags)
     return f"{head} {','.join(fields)} {int(point.time_ns)}\n"
 
 
