@@ -9,6 +9,7 @@ from __future__ import annotations
 from collector.transport.envelope import (
     ENVELOPE_VERSION,
     MAX_ENVELOPE_BYTES,
+    CheckedPoints,
     Envelope,
     EnvelopeError,
     decode,
@@ -21,6 +22,7 @@ from collector.transport.mqtt import (
     MqttSettings,
     MqttSubscription,
     RejectCounter,
+    TlsFileError,
     TlsSettings,
     batch_source,
     shard_filters,
@@ -30,6 +32,7 @@ from collector.transport.spool import Spool, SpoolEntry
 __all__ = [
     "ENVELOPE_VERSION",
     "MAX_ENVELOPE_BYTES",
+    "CheckedPoints",
     "Envelope",
     "EnvelopeError",
     "MqttBus",
@@ -40,6 +43,7 @@ __all__ = [
     "RejectCounter",
     "Spool",
     "SpoolEntry",
+    "TlsFileError",
     "TlsSettings",
     "batch_source",
     "decode",
