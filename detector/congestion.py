@@ -122,50 +122,69 @@ class Congestion:
         return self.evidence.frame()
 
 
+@dataclass(frozen=True, slots=True)
+class SignalEntries:
+    """One signal's evidence: its (time, link) grid cells, each at most once, with value, normal and score."""
+
+    code: int
+    cell: np.ndarray
+    value: np.ndarray
+    normal: np.ndarray
+    score: np.ndarray
+
+
 class Evidence:
-    """The evidence as arrays over the (time, link) grid: a signal code, value, normal and score per entry.
+    """The evidence as arrays over the (time, link) grid: per signal, a value, normal and score per cell.
 
     A week of a large fabric has tens of millions of entries; as a frame of strings and
     times they would take gigabytes, and a batch window keeps only the few that an
     episode quotes (``scored_at``). ``frame()`` builds the whole frame where it is wanted.
+    The entries stay one array set per signal, never joined into one: joining them costs
+    as much time and memory as scoring them.
     """
 
     def __init__(
-        self, times: pd.api.extensions.ExtensionArray, link_names: np.ndarray, cell: np.ndarray, code: np.ndarray,
-        value: np.ndarray, normal: np.ndarray, score: np.ndarray, names: list[str], kinds: list[str],
+        self, times: pd.api.extensions.ExtensionArray, link_names: np.ndarray, entries: list[SignalEntries],
+        names: list[str], kinds: list[str],
     ) -> None:
-        self.times, self.link_names = times, link_names
-        self.cell, self.code, self.value, self.normal, self.score = cell, code, value, normal, score
+        self.times, self.link_names, self.entries = times, link_names, entries
         self.names, self.kinds = names, kinds
 
-    def frame(self, rows: np.ndarray | None = None) -> pd.DataFrame:
-        """The entries (all, or those at ``rows``) in order: time, link, signal, value, normal, score, kind."""
-        pick = (lambda array: array) if rows is None else (lambda array: array[rows])
-        cell, code = pick(self.cell), pick(self.code)
+    def frame(self, chosen: list[np.ndarray] | None = None) -> pd.DataFrame:
+        """The entries (all, or per signal those at ``chosen`` positions) in order of signal, then row:
+        time, link, signal, value, normal, score, kind."""
+        picks = chosen if chosen is not None else [slice(None)] * len(self.entries)
+        cell = _join([entries.cell[pick] for entries, pick in zip(self.entries, picks)], np.int64)
+        code = _join([np.full(len(entries.cell[pick]), entries.code, dtype=np.int16)
+                      for entries, pick in zip(self.entries, picks)], np.int16)
         n_links = max(len(self.link_names), 1)
         return pd.DataFrame({
             "time": self.times.take(cell // n_links),
             "link": _strings(self.link_names, cell % n_links),
             "signal": _strings(self.names, code),
-            "value": pick(self.value),
-            "normal": pick(self.normal),
-            "score": pick(self.score),
+            "value": _join([entries.value[pick] for entries, pick in zip(self.entries, picks)], float),
+            "normal": _join([entries.normal[pick] for entries, pick in zip(self.entries, picks)], float),
+            "score": _join([entries.score[pick] for entries, pick in zip(self.entries, picks)], float),
             "kind": _strings(self.kinds, code),
         })
 
     def scored_at(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """The entries with a score above 0 at the (time, link) ``pairs``, in order."""
         n_links = len(self.link_names)
-        if pairs.empty or not len(self.score):
-            return self.frame(np.empty(0, dtype=np.int64))
+        if pairs.empty or not self.entries:
+            return self.frame([np.empty(0, dtype=np.int64) for _ in self.entries])
         grid_ns = pd.DatetimeIndex(self.times).as_unit("ns").asi8
         wanted_ns = pd.DatetimeIndex(pairs["time"]).as_unit("ns").asi8
         time_code = np.minimum(np.searchsorted(grid_ns, wanted_ns), len(grid_ns) - 1)
         link_code = pd.Index(self.link_names).get_indexer(pairs["link"].to_numpy(dtype=object))
         known = (grid_ns[time_code] == wanted_ns) & (link_code >= 0)
-        chosen = np.zeros(len(grid_ns) * n_links, dtype=bool)
-        chosen[time_code[known] * n_links + link_code[known]] = True
-        return self.frame(np.flatnonzero(chosen[self.cell] & (self.score > 0)))
+        wanted = np.zeros(len(grid_ns) * n_links, dtype=bool)
+        wanted[time_code[known] * n_links + link_code[known]] = True
+        return self.frame([np.flatnonzero(wanted[entries.cell] & (entries.score > 0)) for entries in self.entries])
+
+
+def _join(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
 
 
 class FrameEvidence:
@@ -271,7 +290,7 @@ class _EvidenceGrid:
     ) -> tuple[Evidence, pd.DataFrame]:
         """The evidence (one entry per time, link and signal with a value) and the link scores."""
         names: list[str] = []
-        cells, codes, values, normals, scores = [], [], [], [], []
+        entries: list[SignalEntries] = []
         n_times = len(self.time_values)
         for (_, columns), frame_cells in zip(parts, self.cells):
             for name, series in columns.items():
@@ -280,19 +299,11 @@ class _EvidenceGrid:
                 signal = signals[name]
                 value = series.to_numpy(dtype=float)
                 rows = np.flatnonzero(~np.isnan(value))
-                value = value[rows]
-                cells.append(frame_cells[rows])
-                codes.append(np.full(len(rows), len(names), dtype=np.int16))
-                values.append(value)
-                normal = _normal(value, cells[-1], self.n_links, n_times, signal)
-                normals.append(normal)
-                scores.append(np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None))
+                value, cell = value[rows], frame_cells[rows]
+                normal = _normal(value, cell, self.n_links, n_times, signal)
+                score = np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
+                entries.append(SignalEntries(len(names), cell, value, normal, score))
                 names.append(name)
-        cell = np.concatenate(cells) if cells else np.empty(0, dtype=np.int64)
-        code = np.concatenate(codes) if codes else np.empty(0, dtype=np.int16)
-        value = np.concatenate(values) if values else np.empty(0)
-        normal = np.concatenate(normals) if normals else np.empty(0)
-        score = np.concatenate(scores) if scores else np.empty(0)
         kinds = [signals[name].kind for name in names]
 
         if not ports.empty:
@@ -302,50 +313,47 @@ class _EvidenceGrid:
                 share = np.where(speed > 0, busiest / speed, np.nan)
             rows = np.flatnonzero(~np.isnan(share))
             if len(rows):
-                used_cell, used = self.cells[0][rows], share[rows]
-                used_link = used_cell % self.n_links
+                cell, used = self.cells[0][rows], share[rows]
+                normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell % self.n_links]
                 ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
-                cell = np.concatenate([cell, used_cell])
-                code = np.concatenate([code, np.full(len(rows), len(names), dtype=np.int16)])
-                value = np.concatenate([value, used])
-                normal = np.concatenate([normal, _link_quantile(used, used_cell, self.n_links, n_times, 0.5)[used_link]])
-                score = np.concatenate([score, UTILIZATION_CAP * ramp.clip(0, 1)])
+                entries.append(SignalEntries(len(names), cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1)))
                 names.append(UTILIZATION.name)
                 kinds.append(LOCAL)
 
-        evidence = Evidence(self.times, self.link_names, cell, code, value, normal, score, names, kinds)
-        return evidence, self._link_scores(cell, code, score, names, kinds)
+        evidence = Evidence(self.times, self.link_names, entries, names, kinds)
+        return evidence, self._link_scores(entries, names, kinds)
 
-    def _link_scores(
-        self, cell: np.ndarray, code: np.ndarray, score: np.ndarray, names: list[str], kinds: list[str],
-    ) -> pd.DataFrame:
-        """Per (time, link): the highest score, its signal (the first row among equals), the highest per kind."""
-        if not len(score):
+    def _link_scores(self, entries: list[SignalEntries], names: list[str], kinds: list[str]) -> pd.DataFrame:
+        """Per (time, link): the highest score, its signal (the first among equals), the highest per kind.
+
+        A signal has each cell at most once, so a signal's scores go onto the grid by plain indexing.
+        """
+        if not any(len(signal.cell) for signal in entries):
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
         size = len(self.time_values) * self.n_links
         best = np.full(size, -np.inf)
-        np.maximum.at(best, cell, score)
-        top_rows = np.flatnonzero(score == best[cell])
-        first = np.full(size, len(score), dtype=np.int64)
-        np.minimum.at(first, cell[top_rows], top_rows)
-        present = np.flatnonzero(first < len(score))
-        by_kind = {}
-        for kind in (LOCAL, PATH):
-            mine = np.flatnonzero(np.array([k == kind for k in kinds], dtype=bool)[code]) if kinds else \
-                np.empty(0, dtype=np.int64)
-            worst = np.full(size, -np.inf)
-            np.maximum.at(worst, cell[mine], score[mine])
-            worst = worst[present]
-            by_kind[kind] = np.where(np.isneginf(worst), 0.0, worst)
-        top = first[present]
+        worst = {LOCAL: np.full(size, -np.inf), PATH: np.full(size, -np.inf)}
+        for signal in entries:
+            best[signal.cell] = np.maximum(best[signal.cell], signal.score)
+            by_kind = worst[kinds[signal.code]]
+            by_kind[signal.cell] = np.maximum(by_kind[signal.cell], signal.score)
+        top = np.full(size, -1, dtype=np.int16)
+        for signal in entries:
+            first = (signal.score == best[signal.cell]) & (top[signal.cell] < 0)
+            top[signal.cell[first]] = signal.code
+        present = np.flatnonzero(top >= 0)
         return pd.DataFrame({
             "time": self.times.take(present // max(self.n_links, 1)),
             "link": _strings(self.link_names, present % max(self.n_links, 1)),
-            "score": score[top],
-            "local_score": by_kind[LOCAL],
-            "path_score": by_kind[PATH],
-            "top_signal": _strings(names, code[top]),
+            "score": best[present],
+            "local_score": _zero_if_none(worst[LOCAL][present]),
+            "path_score": _zero_if_none(worst[PATH][present]),
+            "top_signal": _strings(names, top[present]),
         })
+
+
+def _zero_if_none(scores: np.ndarray) -> np.ndarray:
+    return np.where(np.isneginf(scores), 0.0, scores)
 
 
 def _time_ns(frame: pd.DataFrame) -> np.ndarray:
