@@ -10,7 +10,10 @@ Each :meth:`StreamingDetector.step` decides the intervals that arrived since
 the last one from the store's data over ``[last decided - context, newest]``,
 with :func:`detector.batch.decide_window`, the same function batch mode uses
 for its windows; episodes are built from the decided loss rows with the same
-rules, so batch and streaming give the same episodes over the same data.
+rules, so batch and streaming give the same episodes over the same data. That
+window's frames stay in memory between steps (:class:`detector.sliding.SlidingFrames`):
+a step reads from the store only what is new, so its cost and memory are
+bounded by the context, not by how long the detector has run.
 
 - An episode **opens** when its run of lossy intervals reaches the reporting
   floor (``min_gpu_seconds``): an :class:`Alert` ``opened`` goes to
@@ -45,13 +48,13 @@ import numpy as np
 import pandas as pd
 
 from detector.batch import (
-    DEFAULT_CONTEXT, DEFAULT_MIN_LINK_SCORE, MEASUREMENTS, Decided, TelemetryReader, decide_window, empty_decided,
-    finish, read_frames,
+    DEFAULT_CONTEXT, DEFAULT_MIN_LINK_SCORE, MEASUREMENTS, Decided, decide_window, empty_decided, finish,
 )
 from detector.detect import DetectionResult, DetectorSettings
 from detector.episodes import Episode, episode_ids
 from detector.jobs import Allocation, format_time
 from detector.pricing import Prices
+from detector.sliding import SlidingFrames, TaggedReader
 from detector.telemetry import TelemetryError
 from detector.topology import Topology
 
@@ -96,7 +99,7 @@ class StreamingDetector:
     """Decides a store's newest intervals each step; see the module docstring."""
 
     def __init__(
-        self, store: TelemetryReader, topology: Topology,
+        self, store: TaggedReader, topology: Topology,
         allocations: Sequence[Allocation] | Callable[[], Sequence[Allocation]],
         state_path: str | Path | None = None, *,
         sink: ResultSink | None = None, on_alert: AlertSink | None = None,
@@ -105,6 +108,7 @@ class StreamingDetector:
         start: pd.Timestamp | None = None,
     ) -> None:
         self.store = store
+        self.window = SlidingFrames(store)
         self.topology = topology
         self._allocations = allocations
         self.state_path = Path(state_path) if state_path is not None else None
@@ -142,7 +146,7 @@ class StreamingDetector:
             start = max(first, newest - self.context) if first is not None else newest
         if newest <= start:
             return []
-        frames = read_frames(self.store, start - self.context, newest)
+        frames = self.window.read(start - self.context, newest)
         if not frames:
             return []
         try:

@@ -318,6 +318,17 @@ class EmbeddedStore:
         """
         return [name for (name,) in self._reader().execute("SELECT name FROM fields ORDER BY name")]
 
+    def tag_keys(self, measurement: str) -> list[str]:
+        """The tag keys of ``measurement``'s series (any series, any time), sorted.
+
+        A reader that merges frames read at different times (the streaming
+        detector's sliding window) tells a frame's tag columns from its field columns by these.
+        """
+        keys: set[str] = set()
+        for (tags_json,) in self._reader().execute("SELECT tags FROM series WHERE measurement = ?", (measurement,)):
+            keys.update(json.loads(tags_json))
+        return sorted(keys)
+
     def time_range(self, measurement: str) -> TimeRange | None:
         """First and last sample time of ``measurement``; None when it has no data."""
         first, last = self._reader().execute(
