@@ -56,13 +56,15 @@ squares. With too little idle time to fit, the identity (``b = 1``) is used.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import cache
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import HuberRegressor
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from detector.congestion import Congestion
 from detector.jobs import Allocation
@@ -148,28 +150,44 @@ def attribute(
     telemetry: Telemetry, congestion: Congestion, topology: Topology, allocations: Iterable[Allocation],
     settings: AttributionSettings = AttributionSettings(),
 ) -> Attribution:
-    """Loss, its split into network and other causes, and the evidence, per job and interval."""
+    """Loss, its split into network and other causes, and the evidence, per job and interval.
+
+    What the jobs share is laid out once on integer codes (a job, host, link or time is its position
+    among the sorted names): the samples joined to the jobs, the link scores as a (time, link) matrix,
+    the pauses as a (time, host) matrix, the traffic rows by host and the allocated GPUs per job and
+    time. Each job then cuts small arrays from those: scanning whole frames once per job made the cost
+    grow with the data times the number of jobs.
+    """
     members = job_members(allocations)
-    samples = _job_samples(telemetry.gpus, members)
+    jobs = pd.Index(sorted(set(members["job"])))
+    hosts = pd.Index(sorted(set(members["host"])))
+    samples, times = _job_samples(telemetry.gpus, members, jobs, hosts)
     if samples.empty:
         return Attribution(pd.DataFrame(columns=INTERVAL_COLUMNS), {})
-    frames, models = [], {}
-    # Per job, the link scores on its path: links as integer codes, so a job's selection is no string search.
-    link_codes, link_names = pd.factorize(congestion.scores["link"])
-    link_index = pd.Index(link_names)
-    for job, job_samples in samples.groupby("job", sort=True):
-        mine = members[members["job"] == job]
-        gpus = list(zip(mine["host"], mine["gpu"]))
-        path = link_index.get_indexer(list(topology.path_links(gpus)))
-        on_path = congestion.scores[np.isin(link_codes, path[path >= 0])]
-        frame, model = _attribute_job(str(job), job_samples, gpus, on_path, congestion, topology, settings)
-        # Every allocated GPU loses the time, also those whose sample is missing in an interval.
-        frame["n_gpus"] = _allocated(mine, frame["time"])
-        frames.append(frame)
-        models[str(job)] = model
-    intervals = pd.concat(frames, ignore_index=True)
+    member_job, member_host = jobs.get_indexer(members["job"]), hosts.get_indexer(members["host"])
+    spans = _spans(samples["job"].to_numpy())
+    paths = {job: topology.path_links(zip(members["host"][member_job == job], members["gpu"][member_job == job]))
+             for job in spans}
+    links = pd.Index(sorted(set().union(*paths.values())))
+    shared = _Shared(
+        times.as_unit("ns").asi8, jobs, hosts, _allocated(members, member_job, len(jobs), times),
+        _LinkScores.of(congestion.scores, times, links, hosts, topology),
+        _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
+        telemetry.gpus["model"],
+    )
+    parts, models = [], {}
+    for job, span in spans.items():
+        part, models[str(jobs[job])] = _attribute_job(
+            samples.iloc[span], job, np.unique(member_host[member_job == job]),
+            np.sort(links.get_indexer(list(paths[job]))), shared, topology, settings,
+        )
+        parts.append(part)
+    intervals = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    intervals["time"] = times[intervals["time"]]
+    for name in ("pause_host", "straggler", "suspect_host"):
+        intervals[name] = _names(hosts, intervals[name])
     intervals["dt"] = telemetry.step_s
-    return Attribution(intervals[INTERVAL_COLUMNS], models)
+    return Attribution(pd.DataFrame(intervals, columns=INTERVAL_COLUMNS), models)
 
 
 INTERVAL_COLUMNS = [
@@ -179,139 +197,370 @@ INTERVAL_COLUMNS = [
 ]
 
 
-def _job_samples(gpus: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+def _job_samples(
+    gpus: pd.DataFrame, members: pd.DataFrame, jobs: pd.Index, hosts: pd.Index,
+) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    """The GPU samples inside a job's span, each (job, GPU, time) once, by job and then in the order of ``gpus``.
+
+    Columns job, host and time are codes (positions in ``jobs``, ``hosts`` and the sorted sample times
+    returned with the frame), then busy, kernel, power_w and sample (the row of ``gpus``). A GPU can be
+    in several jobs over time: each sample meets every member row of its GPU, in the jobs file's order,
+    and keeps those whose span holds its time.
+    """
     if gpus.empty or members.empty:
-        return pd.DataFrame()
-    joined = gpus.merge(members, on=["host", "gpu"], how="inner")
-    inside = (joined["time"] > joined["start"]) & (joined["end"].isna() | (joined["time"] <= joined["end"]))
-    return joined.loc[inside].drop(columns=["start", "end"]).drop_duplicates(["job", "host", "gpu", "time"])
+        return pd.DataFrame(), pd.DatetimeIndex([])
+    time, times = pd.factorize(gpus["time"], sort=True)
+    low, high = int(members["gpu"].min()), int(members["gpu"].max())
+    width = high - low + 1
+    member_gpu = hosts.get_indexer(members["host"]) * width + (members["gpu"].to_numpy() - low)
+    by_gpu = np.argsort(member_gpu, kind="stable")
+    host, gpu = hosts.get_indexer(gpus["host"]), gpus["gpu"].to_numpy()
+    sample_gpu = np.where((host >= 0) & (gpu >= low) & (gpu <= high) & (time >= 0), host * width + gpu - low, -1)
+    first = np.searchsorted(member_gpu[by_gpu], sample_gpu, "left")
+    sample, at = _ranges(first, np.searchsorted(member_gpu[by_gpu], sample_gpu, "right") - first)
+    member = by_gpu[at]
+    stamp = times.as_unit("ns").asi8[time[sample]]
+    inside = (stamp > _nanoseconds(members["start"])[member]) & (stamp <= _nanoseconds(members["end"])[member])
+    sample, member = sample[inside], member[inside]
+    job = jobs.get_indexer(members["job"])[member]
+    # A job may list a GPU twice over a time: keep one sample per (job, GPU, time), taken as one integer.
+    kept = np.flatnonzero(~pd.Series((sample_gpu[sample] * len(times) + time[sample]) * len(jobs) + job).duplicated())
+    kept = kept[np.argsort(job[kept], kind="stable")]
+    sample = sample[kept]
+    return pd.DataFrame({
+        "job": job[kept], "host": host[sample], "time": time[sample],
+        "busy": gpus["busy"].to_numpy(dtype=float)[sample], "kernel": gpus["kernel"].to_numpy(dtype=float)[sample],
+        "power_w": gpus["power_w"].to_numpy(dtype=float)[sample], "sample": sample,
+    }), times
 
 
-def _allocated(members: pd.DataFrame, times: pd.Series) -> np.ndarray:
-    """How many of the job's GPUs are allocated in the interval ending at each time."""
-    count = np.zeros(len(times), dtype=int)
-    for (start, end), gpus in members.groupby(["start", "end"], dropna=False).size().items():
-        inside = (times > start) & (times <= end) if not pd.isna(end) else times > start
-        count += np.where(inside.to_numpy(), gpus, 0)
-    return count
+def _nanoseconds(times: pd.Series) -> np.ndarray:
+    """Span ends as integer nanoseconds since the epoch; a missing one as the largest integer.
+
+    A missing start then lets no time in (as ``NaT`` compares) and a missing end leaves the span open.
+    """
+    index = pd.DatetimeIndex(times)
+    return np.where(index.isna(), np.iinfo(np.int64).max, index.as_unit("ns").asi8)
+
+
+def _ranges(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each i, ``count[i]`` entries: i itself, and first[i], first[i] + 1, ... next to it."""
+    owner = np.repeat(np.arange(len(count)), count)
+    return owner, np.repeat(first - (np.cumsum(count) - count), count) + np.arange(len(owner))
+
+
+def _spans(codes: np.ndarray) -> dict[int, slice]:
+    """Where each code's run is in sorted ``codes``."""
+    starts = np.flatnonzero(np.diff(codes, prepend=-1))
+    return {int(codes[start]): slice(int(start), int(stop)) for start, stop in zip(starts, [*starts[1:], len(codes)])}
+
+
+def _positions(axis: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's position in the sorted, distinct ``axis``, -1 where it is not there."""
+    if len(axis) == 0:
+        return np.full(len(values), -1)
+    at = np.minimum(np.searchsorted(axis, values), len(axis) - 1)
+    return np.where(axis[at] == values, at, -1)
+
+
+def _allocated(members: pd.DataFrame, member_job: np.ndarray, n_jobs: int, times: pd.DatetimeIndex) -> np.ndarray:
+    """(job, time code): how many of the job's GPUs are allocated in the interval ending at that time.
+
+    Every allocated GPU loses the time, also one whose sample is missing in the interval. Each member
+    row adds one GPU from the first time after its start to the last time up to its end: +1 and -1
+    steps per job, summed along the times.
+    """
+    stamps = times.as_unit("ns").asi8
+    first = np.searchsorted(stamps, _nanoseconds(members["start"]), "right")
+    stop = np.maximum(np.searchsorted(stamps, _nanoseconds(members["end"]), "right"), first)
+    steps = np.zeros((n_jobs, len(stamps) + 1), dtype=int)
+    np.add.at(steps, (member_job, first), 1)
+    np.add.at(steps, (member_job, stop), -1)
+    return np.cumsum(steps, axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Traffic:
+    """The hosts' traffic rows, found by host (code), for sums over a job's hosts."""
+
+    values: pd.DataFrame
+    """tx_bytes and rx_bytes, as in the frame."""
+    stamps: np.ndarray
+    """Each row's time in nanoseconds."""
+    by_host: np.ndarray
+    """The rows of the jobs' hosts, by host code and then in the frame's order ..."""
+    first: np.ndarray
+    """... where each host code's rows start there (one more entry: the end)."""
+
+    @staticmethod
+    def of(host_traffic: pd.DataFrame, hosts: pd.Index) -> _Traffic:
+        host = hosts.get_indexer(host_traffic["host"])
+        by_host = np.flatnonzero(host >= 0)
+        by_host = by_host[np.argsort(host[by_host], kind="stable")]
+        first = np.searchsorted(host[by_host], np.arange(len(hosts) + 1))
+        return _Traffic(host_traffic[["tx_bytes", "rx_bytes"]], pd.DatetimeIndex(host_traffic["time"]).as_unit("ns")
+                        .asi8, by_host, first)
+
+    def of_job(self, hosts: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes/s the hosts send and receive together at these times (NaN where none reports).
+
+        The hosts' rows in the frame's order, grouped by their own times (also those between the samples'):
+        pandas then adds them exactly as when one job's rows were cut from the frame and grouped by time.
+        """
+        rows = np.sort(np.concatenate([self.by_host[self.first[host]:self.first[host + 1]] for host in hosts]))
+        sums = self.values.iloc[rows].groupby(self.stamps[rows], sort=True).sum(min_count=1).reindex(stamps)
+        return sums["tx_bytes"].to_numpy(dtype=float), sums["rx_bytes"].to_numpy(dtype=float)
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkScores:
+    """``score`` and ``local_score`` of the links on the jobs' paths as (time, link) matrices, NaN where no row.
+
+    Links are codes in their sorted names, so a job's path sorted by code is sorted by name. The
+    congestion scores hold one row per link and interval.
+    """
+
+    names: np.ndarray
+    host: np.ndarray
+    """Per link, the host whose NIC it faces (a code), -1 for a switch-to-switch link."""
+    score: np.ndarray
+    local: np.ndarray
+
+    @staticmethod
+    def of(scores: pd.DataFrame, times: pd.DatetimeIndex, links: pd.Index, hosts: pd.Index,
+           topology: Topology) -> _LinkScores:
+        time, link = times.get_indexer(scores["time"]), links.get_indexer(scores["link"])
+        placed = (time >= 0) & (link >= 0)
+        matrices = []
+        for column in ("score", "local_score"):
+            matrix = np.full(len(times) * len(links), np.nan)
+            matrix[(time * len(links) + link)[placed]] = scores[column].to_numpy(dtype=float)[placed]
+            matrices.append(matrix.reshape(len(times), len(links)))
+        host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
+        faced = pd.Index([host_of_link.get(name) for name in links], dtype=object)
+        return _LinkScores(links.to_numpy(), hosts.get_indexer(faced), *matrices)
+
+    def on_path(self, times: np.ndarray, path: np.ndarray) -> _PathScores:
+        """The job's rows (time codes) of its path's links (codes, sorted)."""
+        cells = np.ix_(times, path)
+        return _PathScores(self.names[path], self.host[path], self.score[cells], self.local[cells])
+
+
+@dataclass(frozen=True, slots=True)
+class _PathScores:
+    """One job's link scores: a row per interval, a column per link on its path (sorted by name)."""
+
+    names: np.ndarray
+    host: np.ndarray
+    score: np.ndarray
+    local: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class _Pauses:
+    """The pauses hosts send, on (time, host) codes: per cell its worst row.
+
+    Rows rank by score, worst first with missing scores last, then in the frame's order; per cell the
+    best rank is kept. For a job and time the best of its hosts' cells is the row it reports, and
+    whether a host pauses is whether its best row's score is congested.
+    """
+
+    best: np.ndarray
+    """(time, host): the rank of the cell's worst row, one past the last rank where it has none."""
+    score: np.ndarray
+    """By rank, the row's score (NaN past the last)."""
+    host: np.ndarray
+    """By rank, the row's host (-1 past the last)."""
+
+    @staticmethod
+    def of(host_pause: pd.DataFrame, times: pd.DatetimeIndex, hosts: pd.Index) -> _Pauses:
+        time, host = times.get_indexer(host_pause["time"]), hosts.get_indexer(host_pause["host"])
+        kept = (time >= 0) & (host >= 0)
+        time, host, score = time[kept], host[kept], host_pause["score"].to_numpy(dtype=float)[kept]
+        missing = np.isnan(score)
+        order = np.lexsort((np.arange(len(score)), -np.where(missing, 0.0, score), missing))
+        rank = np.empty(len(order), dtype=np.intp)
+        rank[order] = np.arange(len(order))
+        best = np.full(len(times) * len(hosts), len(order), dtype=np.intp)
+        np.minimum.at(best, time * len(hosts) + host, rank)
+        return _Pauses(best.reshape(len(times), len(hosts)), np.append(score[order], np.nan),
+                       np.append(host[order], -1))
+
+    def of_job(self, times: np.ndarray, hosts: np.ndarray, congested: float) -> tuple[np.ndarray, ...]:
+        """Per interval the worst pause score and its host (NaN, -1 where none), and which hosts pause."""
+        cells = self.best[np.ix_(times, hosts)]
+        worst = cells.min(axis=1)
+        return self.score[worst], self.host[worst], self.score[cells] >= congested
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every job's attribution reads, laid out once (see :func:`attribute`)."""
+
+    stamps: np.ndarray
+    """The time codes' times in nanoseconds."""
+    jobs: pd.Index
+    """The job codes' names."""
+    hosts: pd.Index
+    """The host codes' names."""
+    allocated: np.ndarray
+    """(job, time code): allocated GPUs."""
+    scores: _LinkScores
+    pauses: _Pauses
+    traffic: _Traffic
+    reported_models: pd.Series
+    """The GPUs' own model names, by row of the telemetry's GPU frame."""
 
 
 def _attribute_job(
-    job: str, samples: pd.DataFrame, gpus: list[tuple[str, int]], on_path: pd.DataFrame, congestion: Congestion,
-    topology: Topology, settings: AttributionSettings,
-) -> tuple[pd.DataFrame, IdleLossModel]:
-    """One job's intervals; ``on_path`` holds the link scores of the links on its path."""
-    grouped = samples.groupby("time")
-    host_busy = samples.groupby(["time", "host"])["busy"].mean().unstack("host")
-    frame = pd.DataFrame({
-        "n_gpus": grouped["gpu"].size(),
+    samples: pd.DataFrame, job: int, hosts: np.ndarray, path: np.ndarray, shared: _Shared, topology: Topology,
+    settings: AttributionSettings,
+) -> tuple[dict[str, np.ndarray], IdleLossModel]:
+    """One job's intervals as columns, from its samples (see :func:`_job_samples`), its hosts and its path's
+    links (codes, sorted); times and hosts in the columns as codes (-1 for none)."""
+    # Per job and by pandas, as always: pandas adds a group's values with compensation, or plainly where the
+    # keys come sorted and without NaN, so grouping one job's rows as before keeps every figure to the bit.
+    grouped = samples.groupby("time", sort=True)
+    kernel = grouped["kernel"].mean()
+    times = kernel.index.to_numpy()
+    kernel = kernel.to_numpy()
+    host_busy, reporting = _host_busy(samples, times, len(shared.hosts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an interval without a busy value: NaN
         # The job moves at the pace of the hosts that wait: a straggler's extra busy time is not progress.
-        "busy": host_busy.median(axis=1),
-        "kernel": grouped["kernel"].mean(),
-        "power_w": grouped["power_w"].sum(min_count=1),
-        "model": grouped["model"].first(),
-    })
-    hosts = sorted({host for host, _ in gpus})
+        busy = np.nanmedian(host_busy, axis=1)
+    pause_score, pause_host, pausing = shared.pauses.of_job(times, hosts, settings.congested)
+    pause_score = np.where(np.isnan(pause_score), 0.0, pause_score)
+    path = shared.scores.on_path(times, path)
+    path_score, local_score, links = _path_state(path, settings)
+    tx, rx = shared.traffic.of_job(hosts, shared.stamps[times])
 
-    frame = frame.join(_own_pause(congestion.host_pause, hosts), how="left")
-    frame["pause_score"] = frame["pause_score"].fillna(0.0)
-    frame = frame.join(_path_state(on_path, settings), how="left")
-    for column in ("path_score", "local_score"):
-        frame[column] = frame[column].fillna(0.0)
-    frame["links"] = frame["links"].apply(lambda value: value if isinstance(value, tuple) else ())
-    traffic = congestion.host_traffic
-    traffic = traffic[traffic["host"].isin(hosts)].groupby("time")[["tx_bytes", "rx_bytes"]].sum(min_count=1)
-    frame = frame.join(traffic, how="left")
-    frame["model"] = _gpu_model(topology, hosts, frame["model"])
-
-    clean = (frame["path_score"] < settings.clean) & (frame["pause_score"] < settings.clean)
+    clean = (path_score < settings.clean) & (pause_score < settings.clean)
     # Utilization sits at its top while the host feeds the GPUs (NCCL's waits included) and drops only
     # when it does not: its healthy level is the top mode, and only fed intervals define the busy baseline,
     # so a job that spent most of its clean time in an input stall is not measured against the stall.
-    kernel_baseline = _baseline(frame["kernel"], clean, settings, near_top=settings.fed_share)
-    fed = frame["kernel"].isna() | (frame["kernel"] >= settings.fed_share * kernel_baseline) \
-        if kernel_baseline > 0 else pd.Series(True, index=frame.index)
-    baseline = _baseline(frame["busy"], clean & fed, settings)
-    frame["baseline"] = baseline
-    busy = frame["busy"].to_numpy(dtype=float)
+    kernel_baseline = _baseline(kernel, clean, settings, near_top=settings.fed_share)
+    fed = np.isnan(kernel) | (kernel >= settings.fed_share * kernel_baseline) if kernel_baseline > 0 \
+        else np.ones(len(kernel), dtype=bool)
+    baseline = _baseline(busy, clean & fed, settings)
     with np.errstate(divide="ignore", invalid="ignore"):
-        frame["loss_fraction"] = np.clip(1.0 - busy / baseline, 0.0, 1.0) if baseline > 0 else np.nan
-        frame["idle_fraction"] = np.clip(1.0 - frame["kernel"].to_numpy(dtype=float) / kernel_baseline, 0.0, 1.0) \
-            if kernel_baseline > 0 else np.nan
+        loss = np.clip(1.0 - busy / baseline, 0.0, 1.0) if baseline > 0 else np.full(len(busy), np.nan)
+        idle = np.clip(1.0 - kernel / kernel_baseline, 0.0, 1.0) if kernel_baseline > 0 \
+            else np.full(len(kernel), np.nan)
 
-    pausing = congestion.host_pause.loc[congestion.host_pause["host"].isin(hosts)
-                                        & (congestion.host_pause["score"] >= settings.congested), ["time", "host"]]
-    stragglers = _stragglers(host_busy, clean, settings)
-    suspects = pd.concat([pausing, stragglers], ignore_index=True).drop_duplicates()
-    frame["fabric_score"] = _fabric_score(on_path, suspects, topology).reindex(frame.index).fillna(0.0)
-    frame["straggler"] = stragglers.set_index("time")["host"].reindex(frame.index)
-    frame["suspect_host"] = frame["pause_host"].where(frame["pause_score"] >= settings.congested, frame["straggler"])
+    straggling, straggler_column = _stragglers(host_busy, clean, settings)
+    straggler = np.full(len(busy), -1)
+    straggler[straggling] = reporting[straggler_column]
+    suspects = pausing.copy()
+    suspects[straggling, np.searchsorted(hosts, straggler[straggling])] = True
+    fabric_score = _fabric_score(path, hosts, suspects)
+    suspect_host = np.where(pause_score >= settings.congested, pause_host, straggler)
 
-    frame["noise"] = _noise(frame["busy"], baseline, settings)
-    model = idle_loss_model(frame, clean, settings)
-    _split(frame, model, len(hosts), settings)
-    frame.index.name = "time"
-    frame = frame.reset_index()
-    frame.insert(1, "job", job)
-    return frame, model
+    noise = _noise(busy, baseline, settings)
+    model = idle_loss_model(pd.DataFrame({"idle_fraction": idle, "loss_fraction": loss}), pd.Series(clean), settings)
+    network, other, cause = _split(
+        loss, idle, busy, baseline, noise, tx, rx, path_score, fabric_score, suspect_host >= 0, model, len(hosts),
+        settings,
+    )
+    n = len(times)
+    gpu_model = _gpu_model(topology, list(shared.hosts[hosts]), samples, shared.reported_models)
+    return {
+        "time": times, "job": np.full(n, str(shared.jobs[job]), dtype=object), "n_gpus": shared.allocated[job, times],
+        "busy": busy, "kernel": kernel, "baseline": np.full(n, baseline), "noise": np.full(n, noise),
+        "loss_fraction": loss, "idle_fraction": idle, "network_fraction": network, "other_fraction": other,
+        "other_cause": cause, "path_score": path_score, "local_score": local_score, "fabric_score": fabric_score,
+        "links": links, "pause_host": pause_host, "pause_score": pause_score, "straggler": straggler,
+        "suspect_host": suspect_host, "tx_bytes": tx, "rx_bytes": rx,
+        "power_w": grouped["power_w"].sum(min_count=1).to_numpy(), "model": np.full(n, gpu_model, dtype=object),
+    }, model
 
 
-def _gpu_model(topology: Topology, hosts: list[str], names: pd.Series) -> str:
-    """The job's GPU model: the topology's, else the GPUs' own name."""
+def _host_busy(samples: pd.DataFrame, times: np.ndarray, n_hosts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each reporting host's mean busy signal per interval, as an (interval, host) matrix (NaN where a host has
+    no sample), and those hosts (codes, sorted)."""
+    cell = samples["time"].to_numpy() * n_hosts + samples["host"].to_numpy()
+    means = samples["busy"].groupby(cell, sort=True).mean()  # by (time, host), as pandas groups the pair
+    cells = means.index.to_numpy()
+    reporting, column = np.unique(cells % n_hosts, return_inverse=True)
+    matrix = np.full((len(times), len(reporting)), np.nan)
+    matrix[np.searchsorted(times, cells // n_hosts), column] = means.to_numpy()
+    return matrix, reporting
+
+
+def _names(hosts: pd.Index, codes: np.ndarray) -> np.ndarray:
+    """Host names for codes, NaN for -1."""
+    names = hosts.to_numpy(dtype=object)[codes]
+    names[codes < 0] = np.nan
+    return names
+
+
+def _gpu_model(topology: Topology, hosts: list[str], samples: pd.DataFrame, reported: pd.Series) -> str:
+    """The job's GPU model: the topology's, else the first its GPUs report (earliest time, then sample order)."""
     for host in hosts:
         if host in topology.hosts and topology.hosts[host].gpu_model not in ("", "default"):
             return topology.hosts[host].gpu_model
-    known = names.dropna()
-    return str(known.iloc[0]) if not known.empty else ""
+    names = reported.iloc[samples["sample"].to_numpy()]
+    known = np.flatnonzero(names.notna().to_numpy())
+    return str(names.iloc[known[np.argmin(samples["time"].to_numpy()[known])]]) if len(known) else ""
 
 
-def _path_state(on_path: pd.DataFrame, settings: AttributionSettings) -> pd.DataFrame:
-    """Per interval: the worst congestion on the job's path and the links to blame, worst first.
+def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per interval: the worst congestion on the job's path, its worst local evidence, and the links to blame,
+    worst first (a tuple of names).
 
     A link is blamed when it is congested, or saturated (local evidence of its
     own) on a congested path; links with local evidence rank before links that
     only see congestion from their end.
     """
-    if on_path.empty:
-        return pd.DataFrame(columns=["path_score", "local_score", "links"])
-    state = on_path.groupby("time").agg(path_score=("score", "max"), local_score=("local_score", "max"))
-    congested_times = state.index[state["path_score"] >= settings.congested]
-    candidates = on_path[on_path["time"].isin(congested_times)
-                         & ((on_path["score"] >= settings.congested) | (on_path["local_score"] >= settings.clean))]
-    candidates = candidates.sort_values(["time", "local_score", "score", "link"], ascending=[True, False, False, True])
-    state["links"] = candidates.groupby("time")["link"].agg(tuple)
-    return state
+    path_score = np.fmax.reduce(path.score, axis=1, initial=np.nan)
+    local_score = np.fmax.reduce(path.local, axis=1, initial=np.nan)
+    links = np.empty(len(path_score), dtype=object)
+    links.fill(())
+    congested = np.flatnonzero(path_score >= settings.congested)
+    score, local = path.score[congested], path.local[congested]
+    row, column = np.nonzero((score >= settings.congested) | (local >= settings.clean))
+    if len(row):
+        score, local = score[row, column], local[row, column]
+        # Worst local evidence first, then worst score, missing ones last; then by name (the columns' order).
+        order = np.lexsort((column, -np.where(np.isnan(score), 0.0, score), np.isnan(score),
+                            -np.where(np.isnan(local), 0.0, local), np.isnan(local), row))
+        row, column = row[order], column[order]
+        starts = np.flatnonzero(np.diff(row, prepend=-1))
+        for start, blamed in zip(starts, np.split(column, starts[1:])):
+            links[congested[row[start]]] = tuple(path.names[blamed])
+    return np.where(np.isnan(path_score), 0.0, path_score), np.where(np.isnan(local_score), 0.0, local_score), links
 
 
-def _fabric_score(on_path: pd.DataFrame, suspects: pd.DataFrame, topology: Topology) -> pd.Series:
+def _fabric_score(path: _PathScores, hosts: np.ndarray, suspects: np.ndarray) -> np.ndarray:
     """Per interval: the worst local evidence on the path, leaving out the links of suspect hosts.
 
     A leaf port that drops or marks toward a receiver that cannot keep up (a
     host sending pauses, or a straggler) shows the receiver's trouble, not the
     fabric's; what is left says whether the fabric is in trouble on its own.
+    ``suspects`` is (interval, host of ``hosts``).
     """
-    if on_path.empty:
-        return pd.Series(dtype=float)
-    host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
-    suspected = pd.MultiIndex.from_frame(suspects[["time", "host"]]) if not suspects.empty \
-        else pd.MultiIndex.from_tuples([], names=["time", "host"])
-    theirs = pd.MultiIndex.from_arrays([on_path["time"], on_path["link"].map(host_of_link)]).isin(suspected)
-    return on_path.loc[~theirs].groupby("time")["local_score"].max()
+    column = _positions(hosts, path.host)
+    theirs = np.zeros(path.local.shape, dtype=bool)
+    theirs[:, column >= 0] = suspects[:, column[column >= 0]]
+    worst = np.fmax.reduce(np.where(theirs, np.nan, path.local), axis=1, initial=np.nan)
+    return np.where(np.isnan(worst), 0.0, worst)
 
 
-def _stragglers(host_busy: pd.DataFrame, clean: pd.Series, settings: AttributionSettings) -> pd.DataFrame:
-    """(time, host) where one host computes while the job's other hosts wait for it.
+def _stragglers(host_busy: np.ndarray, clean: np.ndarray, settings: AttributionSettings) -> tuple[np.ndarray, ...]:
+    """(interval, column) of ``host_busy`` where one host computes while the job's other hosts wait for it.
 
     Each host is compared with its own healthy level, so a job whose hosts
     always differ (pipeline stages) does not look like it has stragglers.
     """
     if host_busy.shape[1] < 2:
-        return pd.DataFrame(columns=["time", "host"])
-    usable = clean.reindex(host_busy.index, fill_value=False)
-    levels = host_busy[usable].median() if usable.sum() >= settings.min_baseline_intervals else host_busy.quantile(0.9)
-    ratio = (host_busy / levels.where(levels > 0)).to_numpy(dtype=float)
-    reported = np.isfinite(ratio).sum(axis=1) >= 2
-    ratio, times = ratio[reported], host_busy.index[reported]
+        return np.array([], dtype=int), np.array([], dtype=int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a host with no sample at a clean time: no level
+        levels = np.nanmedian(host_busy[clean], axis=0) if clean.sum() >= settings.min_baseline_intervals \
+            else np.array([_top(column) for column in host_busy.T])
+    ratio = host_busy / np.where(levels > 0, levels, np.nan)
+    reported = np.flatnonzero(np.isfinite(ratio).sum(axis=1) >= 2)
+    ratio = ratio[reported]
     top = np.nanargmax(ratio, axis=1)
     rows = np.arange(len(ratio))
     best = ratio[rows, top]
@@ -319,39 +568,35 @@ def _stragglers(host_busy: pd.DataFrame, clean: pd.Series, settings: Attribution
     others[rows, top] = np.nan
     rest = np.nanmedian(others, axis=1)
     waiting = (best - rest >= settings.straggler_gap) & (rest <= 1.0 - settings.straggler_gap / 2)
-    return pd.DataFrame({"time": times[waiting], "host": host_busy.columns.to_numpy()[top[waiting]]})
+    return reported[waiting], top[waiting]
 
 
-def _own_pause(host_pause: pd.DataFrame, hosts: list[str]) -> pd.DataFrame:
-    own = host_pause[host_pause["host"].isin(hosts)]
-    if own.empty:
-        return pd.DataFrame(columns=["pause_score", "pause_host"])
-    worst = own.sort_values("score", ascending=False, kind="stable").drop_duplicates("time")
-    return worst.set_index("time")[["score", "host"]].rename(columns={"score": "pause_score", "host": "pause_host"})
+def _top(values: np.ndarray) -> float:
+    """The 90th percentile of the known values (NaN if none), as pandas' ``quantile`` computes it."""
+    known = values[~np.isnan(values)]
+    return float(np.quantile(known, 0.9)) if len(known) else float("nan")
 
 
 def _baseline(
-    values: pd.Series, clean: pd.Series, settings: AttributionSettings, near_top: float | None = None,
+    values: np.ndarray, clean: np.ndarray, settings: AttributionSettings, near_top: float | None = None,
 ) -> float:
     """A healthy level: the median over clean intervals that are not idle (else a high quantile).
 
     With ``near_top``, only clean intervals within that share of the clean intervals' 90th percentile
     count: for a signal whose healthy level is its top mode (utilization), however long the dips last.
     """
-    if values.notna().sum() == 0:
-        return float("nan")
-    high = values.quantile(0.9)
+    high = _top(values)
     if not high > 0:
         return float("nan")
     usable = clean & (values >= settings.idle_fraction * high)
     if near_top is not None and usable.sum() >= settings.min_baseline_intervals:
-        usable &= values >= near_top * values[usable].quantile(0.9)
+        usable &= values >= near_top * _top(values[usable])
     if usable.sum() >= settings.min_baseline_intervals:
-        return float(values[usable].median())
-    return float(high)
+        return float(np.median(values[usable]))
+    return high
 
 
-def _noise(busy: pd.Series, baseline: float, settings: AttributionSettings) -> float:
+def _noise(busy: np.ndarray, baseline: float, settings: AttributionSettings) -> float:
     """The smallest loss share that is not noise for this job.
 
     A few standard deviations of its progress rate from one interval to the
@@ -359,7 +604,8 @@ def _noise(busy: pd.Series, baseline: float, settings: AttributionSettings) -> f
     intervals: robust to the level shifts that events cause, which only show at
     their edges.
     """
-    rate = (busy / baseline).dropna().to_numpy(dtype=float) if baseline > 0 else np.array([])
+    rate = busy / baseline if baseline > 0 else np.array([])
+    rate = rate[~np.isnan(rate)]
     if len(rate) < settings.min_baseline_intervals:
         return settings.min_loss_fraction * 6
     spread = 1.4826 * float(np.median(np.abs(np.diff(rate)))) / np.sqrt(2)
@@ -374,7 +620,7 @@ def idle_loss_model(frame: pd.DataFrame, clean: pd.Series, settings: Attribution
     if len(idle) < settings.min_fit_intervals or (idle >= 0.2).sum() < 2:
         return IDENTITY
     # A fit of a few hundred points is all thread start-up: on 2 cores BLAS threads made it 30x slower.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _thread_pools().limit(limits=1, user_api="blas"):
         fit = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=500).fit(idle.reshape(-1, 1), loss)
     slope = float(fit.coef_[0])
     if not 0.5 <= slope <= 2.0:
@@ -382,17 +628,21 @@ def idle_loss_model(frame: pd.DataFrame, clean: pd.Series, settings: Attribution
     return IdleLossModel(float(fit.intercept_), slope, True)
 
 
-def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: AttributionSettings) -> None:
-    """Add network_fraction, other_fraction and other_cause columns."""
-    n = len(frame)
-    loss = np.nan_to_num(frame["loss_fraction"].to_numpy(dtype=float))
-    busy = frame["busy"].to_numpy(dtype=float)
-    baseline = float(frame["baseline"].iloc[0]) if n else float("nan")
-    idle_share = frame["idle_fraction"].to_numpy(dtype=float)
-    tx = np.nan_to_num(frame["tx_bytes"].to_numpy(dtype=float)) if "tx_bytes" in frame else np.zeros(n)
-    rx = np.nan_to_num(frame["rx_bytes"].to_numpy(dtype=float)) if "rx_bytes" in frame else np.zeros(n)
+@cache
+def _thread_pools() -> ThreadpoolController:
+    """The process's thread pools, looked up once: a lookup costs more than a small fit."""
+    return ThreadpoolController()
 
-    noise = float(frame["noise"].iloc[0]) if n else settings.min_loss_fraction
+
+def _split(
+    loss: np.ndarray, idle_share: np.ndarray, busy: np.ndarray, baseline: float, noise: float, tx: np.ndarray,
+    rx: np.ndarray, path_score: np.ndarray, fabric_score: np.ndarray, suspected: np.ndarray, model: IdleLossModel,
+    n_hosts: int, settings: AttributionSettings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One job's network_fraction, other_fraction and other_cause per interval."""
+    n = len(loss)
+    loss = np.nan_to_num(loss)
+    tx, rx = np.nan_to_num(tx), np.nan_to_num(rx)
     lossy = loss >= noise
     idle = busy < settings.idle_fraction * baseline
     traffic = tx + rx
@@ -414,9 +664,8 @@ def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: At
     waiting = loss - host_side
 
     # A host of the job that pauses or straggles explains the waiting, unless the fabric has trouble of its own.
-    host_to_blame = frame["suspect_host"].notna().to_numpy() \
-        & (frame["fabric_score"].to_numpy(dtype=float) < settings.congested)
-    congested = frame["path_score"].to_numpy(dtype=float) >= settings.congested
+    host_to_blame = suspected & (fabric_score < settings.congested)
+    congested = path_score >= settings.congested
     # GPUs with (almost) no kernel to run were not waiting in a collective: whatever the path, not network.
     network = np.where(congested & ~host_to_blame & ~quiet & ~long_silence & ~no_kernel, waiting, 0.0)
     network = np.where(network >= noise, network, 0.0)
@@ -427,12 +676,9 @@ def _split(frame: pd.DataFrame, model: IdleLossModel, n_hosts: int, settings: At
     cause[host_side_dominant] = INPUT_STALL
     cause[host_side_dominant & writing] = CHECKPOINT
     cause[long_silence] = HUNG
-    cause[frame["suspect_host"].notna().to_numpy() & ~host_side_dominant & ~long_silence] = SLOW_HOST
+    cause[suspected & ~host_side_dominant & ~long_silence] = SLOW_HOST
     cause[other < noise] = ""
-    frame["network_fraction"] = network
-    frame["other_fraction"] = np.where(cause != "", other, 0.0)
-    frame["other_cause"] = cause
-
+    return network, np.where(cause != "", other, 0.0), cause
 
 def _run_lengths(flags: np.ndarray) -> np.ndarray:
     """For each True, the length of the run of Trues it belongs to (0 for False)."""
