@@ -108,3 +108,14 @@ def test_the_store_lists_tag_keys(store):
     store.write(points_at(250))
     assert store.tag_keys(INTERFACE) == ["agent_host", "ifName", "zone"]
     assert store.tag_keys("nothing") == []
+
+
+def test_reads_share_their_tag_values(store):
+    """The window keeps frames from hundreds of reads: each tag value is held once, not once per read."""
+    store.write(points_at(0))
+    store.write(points_at(10))
+    first = store.read(INTERFACE, end=T0 + pd.Timedelta(seconds=5))
+    second = store.read(INTERFACE, start=T0 + pd.Timedelta(seconds=5))
+    assert first["ifName"].iloc[0] == second["ifName"].iloc[0]
+    assert first["ifName"].iloc[0] is second["ifName"].iloc[0]
+    assert first["agent_host"].iloc[0] is second["agent_host"].iloc[0]

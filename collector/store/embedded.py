@@ -25,6 +25,7 @@ import gc
 import json
 import numbers
 import sqlite3
+import sys
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -393,7 +394,9 @@ class EmbeddedStore:
             series_ids: list[int] = []
             series_tags: list[dict[str, str]] = []
             for series_id, tags_json in series_rows:
-                series_tag_values = json.loads(tags_json)
+                # Interned: frames kept from many reads (the streaming detector's window) then share
+                # one copy of each tag value instead of holding a new one per read.
+                series_tag_values = {key: sys.intern(value) for key, value in json.loads(tags_json).items()}
                 if tags is None or _tags_match(series_tag_values, tags):
                     series_ids.append(series_id)
                     series_tags.append(series_tag_values)
