@@ -8,9 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from collector.store import EmbeddedStore
 from collector.transport import decode
 from detector.simulator import SimConfig, Simulation
 from detector.simulator.snmp_agent import SimulatedSwitchAgents
-from service_fixtures import free_port, mosquitto  # noqa: F401  (fixture)
+from service_fixtures import free_port, http_get, mosquitto, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,22 +34,6 @@ def strandwatch(*argv: str, log: Path) -> subprocess.Popen:
     )
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def polls_ok(metrics: str) -> float:
@@ -107,11 +88,11 @@ async def test_collect_snmp_publishes_and_ingest_stores_every_point_once(mosquit
                 await asyncio.to_thread(wait_for, lambda: "subscribed" in ingest_log.read_text(), 20, "ingest")
                 collect = strandwatch("collect", "snmp", "--config", str(collect_config), log=collect_log)
                 metrics_url = f"http://127.0.0.1:{health_port}/metrics"
-                await asyncio.to_thread(wait_for, lambda: polls_ok(get(metrics_url)[1]) >= 3 * len(agents.endpoints),
+                await asyncio.to_thread(wait_for, lambda: polls_ok(http_get(metrics_url)[1]) >= 3 * len(agents.endpoints),
                                         30, "three polls of every switch")
-                status, body = get(f"http://127.0.0.1:{health_port}/readyz")
+                status, body = http_get(f"http://127.0.0.1:{health_port}/readyz")
                 assert status == 200 and "[+]broker ok" in body, body
-                assert 'strandwatch_spool_depth{spool="mqtt"} 0' in get(metrics_url)[1]
+                assert 'strandwatch_spool_depth{spool="mqtt"} 0' in http_get(metrics_url)[1]
                 # SIGHUP: the first switch leaves the configuration and the polls, without a restart.
                 removed = targets[0]["name"]
                 collect_config.write_text(yaml.safe_dump({**collect_document, "snmp": {"targets": targets[1:]}}))
@@ -175,7 +156,7 @@ async def test_agent_with_a_service_configuration_publishes_each_source_and_prin
         agent = strandwatch("agent", "--config", str(config), log=log)
         try:
             await asyncio.to_thread(wait_for, lambda: len(topics) >= 2, 30, "two polls published")
-            status, body = get(f"http://127.0.0.1:{health_port}/readyz")
+            status, body = http_get(f"http://127.0.0.1:{health_port}/readyz")
             assert status == 200 and "[+]broker ok" in body, body
             agent.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(agent.wait, 20) == 0, log.read_text()[-3000:]

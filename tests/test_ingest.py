@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiomqtt
@@ -19,7 +18,7 @@ from collector.ingest import IngestService
 from collector.schema import Point
 from collector.store import AsyncEmbeddedStore, EmbeddedStore
 from collector.transport import MqttPublisher, MqttSettings, MqttSubscription, encode_envelope
-from service_fixtures import mosquitto  # noqa: F401  (fixture)
+from service_fixtures import mosquitto, wait_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -81,13 +80,6 @@ def start_ingest(config: Path, log: Path) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 async def test_kill_9_between_receipt_and_write_loses_nothing(mosquitto, tmp_path):

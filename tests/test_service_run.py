@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,17 +17,10 @@ import yaml
 from collector.store import EmbeddedStore
 from detector.simulator import SimConfig, Simulation
 from detector.simulator.snmp_agent import SimulatedSwitchAgents
-from service_fixtures import free_port
+from service_fixtures import free_port, http_get
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_run_polls_stores_detects_and_drains_on_sigterm(tmp_path: Path) -> None:
@@ -59,15 +51,12 @@ def test_run_polls_stores_detects_and_drains_on_sigterm(tmp_path: Path) -> None:
             metrics = ""
             while time.monotonic() < deadline:
                 time.sleep(0.5)
-                try:
-                    status, metrics = _get(f"http://127.0.0.1:{health_port}/metrics")
-                except OSError:
-                    continue
+                status, metrics = http_get(f"http://127.0.0.1:{health_port}/metrics")
                 if 'strandwatch_polls_total{source="snmp"' in metrics and 'result="ok"' in metrics:
                     break
             assert 'strandwatch_polls_total{source="snmp"' in metrics, metrics[-2000:]
-            assert _get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200
-            status, body = _get(f"http://127.0.0.1:{health_port}/readyz")
+            assert http_get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200
+            status, body = http_get(f"http://127.0.0.1:{health_port}/readyz")
             assert status == 200, body
             state = tmp_path / "detector-state.json"
             while not state.exists() and time.monotonic() < deadline + 30:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from collector.service import ShutdownSignals, snmp_source_set
+from service_fixtures import wait_for
 from tests.snmp_fixtures import switch_board  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -156,18 +157,11 @@ def start_publishing_agent(tmp_path: Path, broker_port: int) -> tuple[subprocess
     return process, spool, log
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
 
 def force_exit(process: subprocess.Popen, log: Path, second: signal.Signals) -> None:
     """First SIGTERM: the service is still there a second later; the second signal ends it at once with 130."""
     process.send_signal(signal.SIGTERM)
-    wait_until(lambda: "agent: SIGTERM: finishing the current poll" in log.read_text(), 10, "the first signal")
+    wait_for(lambda: "agent: SIGTERM: finishing the current poll" in log.read_text(), 10, "the first signal")
     time.sleep(1.0)
     assert process.poll() is None, log.read_text()  # still draining: the broker does not take the spool
     began = time.monotonic()
@@ -182,7 +176,7 @@ def test_a_second_signal_stops_a_publishing_agent_flushing_to_a_dead_broker(tmp_
         dead.bind(("127.0.0.1", 0))
         process, spool, log = start_publishing_agent(tmp_path, dead.getsockname()[1])
         try:
-            wait_until(lambda: len(list(spool.glob("*.msg"))) >= 3, 30, "polls spooled while no broker answers")
+            wait_for(lambda: len(list(spool.glob("*.msg"))) >= 3, 30, "polls spooled while no broker answers")
             force_exit(process, log, signal.SIGTERM)
         finally:
             process.kill()
@@ -197,7 +191,7 @@ def test_a_second_signal_stops_a_publishing_agent_whose_broker_never_answers(tmp
         silent.listen(16)
         process, _, log = start_publishing_agent(tmp_path, silent.getsockname()[1])
         try:
-            wait_until(lambda: "serving /healthz" in log.read_text(), 30, "the agent to start")
+            wait_for(lambda: "serving /healthz" in log.read_text(), 30, "the agent to start")
             time.sleep(0.5)  # connecting: waiting up to timeout_s (60 s) for a CONNACK that never comes
             assert process.poll() is None, log.read_text()
             force_exit(process, log, signal.SIGINT)
