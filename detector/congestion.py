@@ -154,17 +154,22 @@ class Evidence:
         """The entries (all, or per signal those at ``chosen`` positions) in order of signal, then row:
         time, link, signal, value, normal, score, kind."""
         picks = chosen if chosen is not None else [slice(None)] * len(self.entries)
-        cell = _join([entries.cell[pick] for entries, pick in zip(self.entries, picks)], np.int64)
-        code = _join([np.full(len(entries.cell[pick]), entries.code, dtype=np.int16)
-                      for entries, pick in zip(self.entries, picks)], np.int16)
+        chosen_entries = [SignalEntries(entries.code, entries.cell[pick], entries.value[pick], entries.normal[pick],
+                                        entries.score[pick]) for entries, pick in zip(self.entries, picks)]
+
+        def column(name: str, dtype) -> np.ndarray:
+            return _join([getattr(entries, name) for entries in chosen_entries], dtype)
+
+        cell = column("cell", np.int64)
+        code = _join([np.full(len(entries.cell), entries.code, dtype=np.int16) for entries in chosen_entries], np.int16)
         n_links = max(len(self.link_names), 1)
         return pd.DataFrame({
             "time": self.times.take(cell // n_links),
             "link": _strings(self.link_names, cell % n_links),
             "signal": _strings(self.names, code),
-            "value": _join([entries.value[pick] for entries, pick in zip(self.entries, picks)], float),
-            "normal": _join([entries.normal[pick] for entries, pick in zip(self.entries, picks)], float),
-            "score": _join([entries.score[pick] for entries, pick in zip(self.entries, picks)], float),
+            "value": column("value", float),
+            "normal": column("normal", float),
+            "score": column("score", float),
             "kind": _strings(self.kinds, code),
         })
 
