@@ -15,6 +15,7 @@ import yaml
 from fake_nvml import FakeNvml, h100
 
 from golden_files import assert_golden
+from service_fixtures import wait_for
 from collector.lineprotocol import encode
 from collector.schema import COLLECTOR_HEALTH, JOB_GPU
 from collector.sources.base import Source
@@ -81,6 +82,8 @@ def test_slurm_job_of_real_processes_through_their_environment():
     env = {"PATH": os.environ.get("PATH", "/usr/bin"), "SLURM_JOB_ID": "424242"}
     with subprocess.Popen(["sleep", "30"], env=env) as process:
         try:
+            # Until the child has exec'd, /proc/<pid>/environ is still this process's environment.
+            wait_for(lambda: Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(b"sleep"), 10, "sleep to start")
             assert slurm_job_of(process.pid) == "424242"
         finally:
             process.kill()
