@@ -126,32 +126,44 @@ def counter_rates(
         reset |= _uptime_went_back(_numeric(work[UPTIME_FIELD], source), codes, times)
     if DISCONTINUITY_FIELD in markers:
         reset |= _changed(_numeric(work[DISCONTINUITY_FIELD], source), codes)
+    # Most counters have a value in every row: their previous value is the row before (within the series),
+    # so they take contiguous differences and masks instead of gathers by row position.
     increases, valid = {}, {}
-    dense = None  # most counters have a value in every row: their previous rows are computed once
     for name, column in values.items():
         if np.isnan(column).any():
             valid[name] = _previous_valid(column, codes)
+            increase, went_down = _increases(column, valid[name], name in counter32)
         else:
-            dense = _previous_valid(column, codes) if dense is None else dense
-            valid[name] = dense
-        increase, went_down = _increases(column, valid[name], name in counter32)
+            increase, went_down = _dense_increases(column, same_series, name in counter32)
         increases[name] = increase
         reset |= went_down
     epoch = np.cumsum(reset)
 
     kept = np.flatnonzero(same_series)
-    result = {TIME: utc_times(times[kept]), **{tag: work[tag].to_numpy()[kept] for tag in series},
-              INTERVAL: row_dt[kept]}
+    numeric = [INTERVAL, *counters, *gauges]
+    block = np.empty((len(numeric), len(kept)))
+    block[0] = row_dt[kept]
     spans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for name, column in values.items():
-        span = spans.get(id(valid[name]))
-        if span is None:
-            span = spans[id(valid[name])] = _usable_spans(valid[name], times, epoch, max_gap_s)
-        result[name] = _rate(len(column), increases[name], span)[kept]
-    for name in gauges:
+    dense_usable = None
+    for position, (name, column) in enumerate(values.items(), start=1):
+        if name in valid:
+            span = spans.get(id(valid[name]))
+            if span is None:
+                span = spans[id(valid[name])] = _usable_spans(valid[name], times, epoch, max_gap_s)
+            block[position] = _rate(len(column), increases[name], span)[kept]
+        else:
+            if dense_usable is None:
+                dense_usable = _dense_usable(same_series, row_dt, epoch, max_gap_s)
+            block[position] = _dense_rate(increases[name], row_dt, dense_usable)[kept]
+    for position, name in enumerate(gauges, start=1 + len(counters)):
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
-        result[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
-    return pd.DataFrame(result)
+        block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
+    # One float block handed to pandas as is: a frame built from a dict of columns copies them all into one.
+    result = pd.DataFrame(block.T, columns=numeric, copy=False)
+    for position, tag in enumerate(series, start=1):
+        result.insert(position - 1, tag, work[tag].to_numpy()[kept])
+    result.insert(0, TIME, utc_times(times[kept]))
+    return result
 
 
 def utc_times(ns: np.ndarray) -> pd.DatetimeIndex:
@@ -202,6 +214,32 @@ def _increases(
     went_down[here[restarted]] = True
     increase[here] = np.where(restarted, np.nan, delta)
     return increase, went_down
+
+
+def _dense_increases(column: np.ndarray, same_series: np.ndarray, is_counter32: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_increases` of a column with a value in every row: the same numbers from the row before."""
+    delta = np.full(len(column), np.nan)
+    delta[1:] = column[1:] - column[:-1]
+    if is_counter32:
+        wrapped = delta + WRAP32
+        previous = np.full(len(column), np.nan)
+        previous[1:] = column[:-1]
+        is_wrap = (delta < 0) & (previous < WRAP32) & (wrapped < MAX_WRAP_INCREASE)
+        delta = np.where(is_wrap, wrapped, delta)
+    went_down = same_series & (delta < 0)
+    increase = np.where(same_series & ~went_down, delta, np.nan)
+    return increase, went_down
+
+
+def _dense_usable(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarray, max_gap_s: float) -> np.ndarray:
+    """:func:`_usable_spans` for columns with a value in every row, as a mask over rows."""
+    same_epoch = np.zeros(len(epoch), dtype=bool)
+    same_epoch[1:] = epoch[1:] == epoch[:-1]
+    return same_series & same_epoch & (row_dt > 0) & (row_dt <= max_gap_s)
+
+
+def _dense_rate(increase: np.ndarray, row_dt: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    return np.divide(increase, row_dt, out=np.full(len(increase), np.nan), where=usable)
 
 
 def _uptime_went_back(uptime: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:

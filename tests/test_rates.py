@@ -187,3 +187,25 @@ def test_fields_a_point_lists_as_counter32_wrap_too():
     unlisted = counter_rates(frame.drop(columns="counter32_fields"), series=["agent_host", "ifName"],
                              counters=["dot3InPauseFrames"])
     assert unlisted["dot3InPauseFrames"].isna().all()  # a 64-bit counter going down is a reset
+
+
+def test_counters_with_a_value_in_every_row_give_the_rates_of_gappy_ones():
+    """Dense counters take contiguous differences; they must give what the gap-aware path gives."""
+    rng = np.random.default_rng(7)
+    frames = []
+    for port in ("swp1", "swp2", "swp3"):
+        steps = rng.integers(1, 3, size=40).cumsum() * 10.0  # missed polls: 10 s and 20 s intervals
+        increments = rng.integers(0, 2**28, size=40).astype(float)
+        totals = np.cumsum(increments)
+        totals[25:] -= totals[25]  # an operator cleared the counters
+        values = totals % 2**32  # Counter32 wraps
+        frames.append(port_frame([{"t": t, "ifOutDiscards": v} for t, v in zip(steps, values)], port=port))
+    frame = pd.concat(frames, ignore_index=True)
+    frame["ifInErrors"] = frame["ifOutDiscards"]  # the same counter, but gappy in one more port
+    gappy = port_frame([{"t": 0, "ifOutDiscards": 1.0, "ifInErrors": 1.0},
+                        {"t": 10, "ifOutDiscards": 2.0, "ifInErrors": None},
+                        {"t": 20, "ifOutDiscards": 3.0, "ifInErrors": 3.0}], port="swp4")
+    out = rates(pd.concat([frame, gappy], ignore_index=True))
+    out = out[out["ifName"] != "swp4"]
+    assert out["ifOutDiscards"].notna().sum() > 60
+    np.testing.assert_array_equal(out["ifOutDiscards"].to_numpy(), out["ifInErrors"].to_numpy())
