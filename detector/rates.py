@@ -96,7 +96,9 @@ def counter_rates(
         return pd.DataFrame(columns=[TIME, *series, INTERVAL, *counters, *gauges])
 
     work = frame[columns]
-    codes = work.groupby(list(series), sort=False, dropna=False).ngroup().to_numpy()
+    codes = series_runs([work[tag] for tag in series])
+    if codes is None:
+        codes = work.groupby(list(series), sort=False, dropna=False).ngroup().to_numpy()
     times = _time_ns(work[TIME], source)
     order = np.lexsort((times, codes))
     if not np.array_equal(order, np.arange(len(order))):  # store reads come sorted already
@@ -179,7 +181,31 @@ def _time_ns(column: pd.Series, source: str) -> np.ndarray:
     return pd.DatetimeIndex(stamps).as_unit("ns").asi8
 
 
+def series_runs(columns: Sequence[pd.Series]) -> np.ndarray | None:
+    """Per row, its series' number in order of first appearance, when every series' rows are contiguous.
+
+    Store reads come grouped by series: comparing each row's tags with the row before
+    finds the series without hashing millions of strings. None when a series comes
+    back after another (or a tag is missing), which only a groupby can number.
+    """
+    if not columns or not len(columns[0]):
+        return None
+    rows = len(columns[0])
+    starts = np.zeros(rows, dtype=bool)
+    starts[0] = True
+    values = [column.to_numpy(dtype=object) for column in columns]
+    for tag in values:
+        starts[1:] |= tag[1:] != tag[:-1]
+    heads = np.flatnonzero(starts)
+    keys = list(zip(*(tag[heads].tolist() for tag in values)))
+    if len(set(keys)) != len(keys) or any(pd.isna(value) for key in keys for value in key):
+        return None
+    return np.cumsum(starts) - 1
+
+
 def _numeric(column: pd.Series, source: str) -> np.ndarray:
+    if column.dtype == np.float64:
+        return column.to_numpy()
     converted = pd.to_numeric(column, errors="coerce")
     if converted.isna().all() and column.notna().any():
         raise RatesError(f"{source}: field '{column.name}' holds no numbers")

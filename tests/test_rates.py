@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.rates import RatesError, counter_rates
+from detector.rates import RatesError, counter_rates, series_runs
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -209,3 +209,14 @@ def test_counters_with_a_value_in_every_row_give_the_rates_of_gappy_ones():
     out = out[out["ifName"] != "swp4"]
     assert out["ifOutDiscards"].notna().sum() > 60
     np.testing.assert_array_equal(out["ifOutDiscards"].to_numpy(), out["ifInErrors"].to_numpy())
+
+
+def test_series_runs_number_contiguous_series_like_a_groupby_and_refuse_the_rest():
+    frame = pd.DataFrame({"agent_host": ["a", "a", "a", "b", "b", "a"], "ifName": ["1", "1", "2", "1", "1", "3"]})
+    tags = [frame["agent_host"], frame["ifName"]]
+    expected = frame.groupby(["agent_host", "ifName"], sort=False).ngroup().to_numpy()
+    np.testing.assert_array_equal(series_runs(tags), expected)
+    back = pd.concat([frame, frame.iloc[:1]], ignore_index=True)  # ("a", "1") comes back after others
+    assert series_runs([back["agent_host"], back["ifName"]]) is None
+    missing = frame.assign(ifName=["1", "1", None, None, "2", "3"])
+    assert series_runs([missing["agent_host"], missing["ifName"]]) is None
