@@ -162,8 +162,8 @@ def counter_rates(
         block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
     # One float block handed to pandas as is: a frame built from a dict of columns copies them all into one.
     result = pd.DataFrame(block.T, columns=numeric, copy=False)
-    for position, tag in enumerate(series, start=1):
-        result.insert(position - 1, tag, work[tag].to_numpy()[kept])
+    for position, tag in enumerate(series):
+        result.insert(position, tag, work[tag].array.take(kept))
     result.insert(0, TIME, utc_times(times[kept]))
     return result
 
