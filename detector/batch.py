@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import pandas as pd
 
@@ -93,21 +93,45 @@ class Decided:
         )
 
 
-def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
-    """The detector's measurements in ``[start, end]`` (both ends included), those with rows.
+class StoreFrames(Mapping[str, pd.DataFrame]):
+    """The detector's measurements in ``[start, end]`` (both ends included), each read from the store when asked for.
 
-    A store that lists its field names (``field_names()``, as ``EmbeddedStore`` does) is asked only for
-    the fields the detector uses (``telemetry.used_fields``); any other store for every field.
+    Nothing is kept: :func:`load_telemetry` asks for one measurement at a time and
+    drops its raw frame once that measurement's rates are computed, so a window
+    holds one measurement's rows at a time instead of all four. A measurement
+    with no rows in the range is missing (``get`` gives None). A store that lists
+    its field names (``field_names()``, as ``EmbeddedStore`` does) is asked only
+    for the fields the detector uses (``telemetry.used_fields``); any other store
+    for every field.
     """
-    listing = getattr(store, "field_names", None)
-    names = listing() if callable(listing) else None
-    frames = {}
-    for measurement in MEASUREMENTS:
-        fields = used_fields(measurement, names) if names is not None else None
-        frame = store.read(measurement, start, end + pd.Timedelta(1, "ns"), fields=fields or None)
-        if not frame.empty:
-            frames[measurement] = frame
-    return frames
+
+    def __init__(self, store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        self.store, self.start, self.end = store, start, end
+        listing = getattr(store, "field_names", None)
+        self._names = listing() if callable(listing) else None
+
+    def __getitem__(self, measurement: str) -> pd.DataFrame:
+        if measurement not in MEASUREMENTS:
+            raise KeyError(measurement)
+        fields = used_fields(measurement, self._names) if self._names is not None else None
+        frame = self.store.read(measurement, self.start, self.end + pd.Timedelta(1, "ns"), fields=fields or None)
+        if frame.empty:
+            raise KeyError(measurement)
+        return frame
+
+    def __iter__(self) -> Iterator[str]:
+        """The measurements the store has at all (reading each to see if it has rows here would cost a read)."""
+        return iter([m for m in MEASUREMENTS if self.store.time_range(m) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """The detector's measurements in ``[start, end]`` (both ends included), those with rows, all read at once."""
+    lazy = StoreFrames(store, start, end)
+    frames = {measurement: lazy.get(measurement) for measurement in MEASUREMENTS}
+    return {measurement: frame for measurement, frame in frames.items() if frame is not None}
 
 
 def decide_window(
@@ -214,25 +238,32 @@ def detect_store(
     step_s = settings.step_s
     parts = []
     for done, (window_start, window_end) in enumerate(bounds, start=1):
-        frames = read_frames(store, window_start - context, window_end)
-        if frames:
-            try:
-                telemetry = load_telemetry(frames, step_s if step_s is not None else settings.step_s)
-                del frames  # the raw frames are the largest thing held; the rates on the grid are all that is left
-                parts.append(decide_telemetry(telemetry, topology, _overlapping(allocations, window_start - context,
-                                                                                window_end),
-                                              window_start, window_end, settings, windows.min_link_score))
-                step_s = telemetry.step_s
-                del telemetry
-            except TelemetryError as error:
-                if "no series has two samples" not in str(error):
-                    raise
+        telemetry = _window_telemetry(store, window_start - context, window_end,
+                                      step_s if step_s is not None else settings.step_s)
+        if telemetry is not None:
+            step_s = telemetry.step_s
+            allocated = _overlapping(allocations, window_start - context, window_end)
+            parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
+                                          windows.min_link_score))
+            del telemetry
         if progress:
             progress(done, len(bounds))
     if step_s is None:
         raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
     return finish(Decided.concat(parts) if parts else empty_decided(), topology, step_s, prices, settings,
                   max(start, first), min(end, last))
+
+
+def _window_telemetry(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp,
+                      step_s: float | None) -> Telemetry | None:
+    """The rates of ``[start, end]`` on the grid; None where the window has no data or no series two samples."""
+    try:
+        telemetry = load_telemetry(StoreFrames(store, start, end), step_s)
+    except TelemetryError as error:
+        if "no series has two samples" not in str(error):
+            raise
+        return None
+    return telemetry if telemetry.start is not None else None
 
 
 def empty_decided() -> Decided:
