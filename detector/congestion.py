@@ -250,9 +250,8 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
         evidence, scores = FrameEvidence(frame), _link_scores(frame)
     else:
         evidence, scores = grid.score(parts, ports, signals)
-    host_pause = _host_pause(pauses, ports.assign(host=facing_host).dropna(subset=["host"]) if not ports.empty
-                             else ports)
-    traffic = _host_traffic(telemetry, ports, topology)
+    host_pause = _host_pause(pauses, ports, facing_host)
+    traffic = _host_traffic(telemetry, ports, facing_host)
     return Congestion(scores, evidence, host_pause, traffic, unmapped)
 
 
@@ -336,12 +335,11 @@ class _EvidenceGrid:
         if not any(len(signal.cell) for signal in entries):
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
         size = len(self.time_values) * self.n_links
-        best = np.full(size, -np.inf)
         worst = {LOCAL: np.full(size, -np.inf), PATH: np.full(size, -np.inf)}
         for signal in entries:
-            best[signal.cell] = np.maximum(best[signal.cell], signal.score)
             by_kind = worst[kinds[signal.code]]
             by_kind[signal.cell] = np.maximum(by_kind[signal.cell], signal.score)
+        best = np.maximum(worst[LOCAL], worst[PATH])
         top = np.full(size, -1, dtype=np.int16)
         for signal in entries:
             first = (signal.score == best[signal.cell]) & (top[signal.cell] < 0)
@@ -375,13 +373,25 @@ def _strings(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
 def _link_quantile(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, quantile: float) -> np.ndarray:
     """Per link (0 .. n_links - 1) the quantile of its values, linearly interpolated (NaN for no values).
 
-    ``cells`` are (time, link) grid positions, each at most once. The values go into a
-    (link, time) matrix whose rows are sorted in place (NaN last), which is many times
-    faster than one sort of all values together; the numbers are pandas'
+    ``cells`` are (time, link) grid positions, each at most once, and ``values`` have no
+    NaN. The values go into a (time, link) grid or, where that is too large, blocks of a
+    (link, time) matrix, whose links' values are sorted in place (NaN last), which is
+    many times faster than one sort of all values together; the numbers are pandas'
     ``groupby().quantile()`` (at 0.5 its ``median()``, the mean of the middle two).
     """
     result = np.full(n_links, np.nan)
     if not len(values):
+        return result
+    if n_links * n_times <= LINK_QUANTILE_BLOCK_CELLS:
+        # The whole grid at once: each value goes straight to its cell, no link or time to work out.
+        grid = np.full(n_times * n_links, np.nan)
+        grid[cells] = values
+        by_link = grid.reshape(n_times, n_links)
+        by_link.sort(axis=0)
+        count = n_times - np.count_nonzero(np.isnan(by_link), axis=0)
+        has = np.flatnonzero(count)
+        below, above, fraction = _ranks(count[has], quantile)
+        result[has] = _interpolate(by_link[below, has], by_link[above, has], fraction, quantile)
         return result
     links = cells % n_links
     counts = np.bincount(links, minlength=n_links)
@@ -396,20 +406,26 @@ def _link_quantile(values: np.ndarray, cells: np.ndarray, n_links: int, n_times:
         inside = (rows >= 0) & (rows < len(block))
         matrix[rows[inside], cells[inside] // n_links] = values[inside]
         matrix.sort(axis=1)
-        count = counts[block]
-        position = quantile * (count - 1).astype(float)
-        below = position.astype(np.int64)
-        fraction = position % 1
+        below, above, fraction = _ranks(counts[block], quantile)
         index = np.arange(len(block))
-        value = matrix[index, below]
-        following = matrix[index, np.minimum(below + 1, count - 1)]
-        between = (value + following) / 2 if quantile == 0.5 else value + (following - value) * fraction
-        result[block] = np.where(fraction != 0, between, value)
+        result[block] = _interpolate(matrix[index, below], matrix[index, above], fraction, quantile)
     return result
 
 
+def _ranks(count: np.ndarray, quantile: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``count`` sorted values: the ranks either side of the quantile and how far it lies between them."""
+    position = quantile * (count - 1).astype(float)
+    below = position.astype(np.int64)
+    return below, np.minimum(below + 1, count - 1), position % 1
+
+
+def _interpolate(value: np.ndarray, following: np.ndarray, fraction: np.ndarray, quantile: float) -> np.ndarray:
+    between = (value + following) / 2 if quantile == 0.5 else value + (following - value) * fraction
+    return np.where(fraction != 0, between, value)
+
+
 LINK_QUANTILE_BLOCK_CELLS = 2**23
-"""Cells of the (link, time) matrix sorted at once (64 MiB of float64): bounds the memory normals take."""
+"""Cells of the grid or (link, time) matrix sorted at once (64 MiB of float64): bounds the memory normals take."""
 
 
 def _normal(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, signal: Signal) -> np.ndarray:
@@ -571,45 +587,126 @@ def _link_scores(evidence: pd.DataFrame) -> pd.DataFrame:
     return scores[columns].sort_values(["time", "link"]).reset_index(drop=True)
 
 
-def _host_pause(pauses: pd.DataFrame, host_ports: pd.DataFrame) -> pd.DataFrame:
+def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Series) -> pd.DataFrame:
     """Pauses each host sends: from its NICs' ethtool counters, and as its leaf ports receive them.
 
-    Both ends count the same frames, so per host the larger of the two views is kept.
+    Both ends count the same frames, so per host the larger of the two views is kept. The
+    rows, numbers and order are those of a groupby over (time, host, signal, view) and
+    then (time, host, signal), with :func:`_score`'s normals; the keys are integer codes
+    here because string groupbys over every NIC and port take most of a large fabric's time.
     """
-    views = []
+    names = sorted(HOST_SIGNALS)
+    rows = []  # (time, host) of the NICs' rows, then of the leaf ports' facing a host
+    views = []  # (which rows, signal code, view: 0 the NIC's, 1 the leaf port's, value)
     if not pauses.empty:
-        views.append(pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": "pauses_sent",
-                                   "value": pauses["pause_tx"]}))
-        views.append(pd.DataFrame({"time": pauses["time"], "host": pauses["host"], "signal": "pause_time_sent",
-                                   "value": pauses["pause_tx_us"] / 1e6}))
-    if not host_ports.empty:
-        views.append(pd.DataFrame({"time": host_ports["time"], "host": host_ports["host"], "signal": "pauses_sent",
-                                   "value": host_ports["pauses_in"], "view": "switch"}))
+        rows.append((pauses["time"], pauses["host"]))
+        views.append((len(rows) - 1, names.index("pauses_sent"), 0, pauses["pause_tx"].to_numpy(dtype=float)))
+        views.append((len(rows) - 1, names.index("pause_time_sent"), 0,
+                      (pauses["pause_tx_us"] / 1e6).to_numpy(dtype=float)))
+    facing = facing_host.notna().to_numpy()
+    if facing.any():
+        rows.append((ports["time"][facing], facing_host[facing]))
+        views.append((len(rows) - 1, names.index("pauses_sent"), 1, ports["pauses_in"].to_numpy(dtype=float)[facing]))
     if not views:
         return pd.DataFrame(columns=["time", "host", "signal", "value", "normal", "score"])
-    long = pd.concat(views, ignore_index=True).dropna(subset=["value"])
-    long["view"] = long["view"].fillna("nic") if "view" in long.columns else "nic"
-    long = long.groupby(["time", "host", "signal", "view"], as_index=False)["value"].sum()
-    long = long.groupby(["time", "host", "signal"], as_index=False)["value"].max()
-    return _score(long, "host", HOST_SIGNALS)
+    keys = _TimeHostKeys(rows)
+    group = np.concatenate([np.where(keys.keys[which] >= 0, (keys.keys[which] * len(names) + code) * 2 + view, -1)
+                            for which, code, view, _ in views])
+    value = np.concatenate([values for *_, values in views])
+    has_value = ~np.isnan(value)
+    sums = _sums_by_key(pd.DataFrame({"value": value[has_value]}), group[has_value])
+    # Then the larger view per (time, host, signal): sums come in key order, a cell's views side by side.
+    cells = sums.index.to_numpy() // 2
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if len(cells) else cells
+    cell = cells[starts]
+    value = np.fmax.reduceat(sums["value"].to_numpy(), starts) if len(starts) else np.empty(0)
+
+    key, code = cell // len(names), cell % len(names)
+    n_series = keys.n_hosts * len(names)
+    series = (key % keys.n_hosts) * len(names) + code
+    has = ~np.isnan(value)
+    own = _link_quantile(value[has], (key[has] // keys.n_hosts) * n_series + series[has], n_series,
+                         len(keys.times), NORMAL_QUANTILE)
+    fleet = np.array([np.median(value[has & (code == i)]) if (has & (code == i)).any() else np.nan
+                      for i in range(len(names))])
+    uses_fleet = np.array([HOST_SIGNALS[name].fleet_normal for name in names])
+    series_code = np.arange(n_series) % len(names)
+    normal = np.where(uses_fleet[series_code], np.minimum(own, fleet[series_code]), own)
+    normal = np.where(normal < 0, 0.0, normal)[series]  # pandas' clip(lower=0): NaN and -0.0 stay
+    floor = np.array([HOST_SIGNALS[name].floor for name in names])[code]
+    relative = np.array([HOST_SIGNALS[name].relative for name in names])[code]
+    score = np.clip((value - normal) / np.maximum(floor, relative * normal), 0, None)
+    return keys.frame(key, {"signal": _strings(names, code), "value": value, "normal": normal, "score": score})
 
 
-def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, topology: Topology) -> pd.DataFrame:
-    """Bytes per second each host sends and receives, from the best source that has it."""
-    sources = []
-    if not telemetry.nics.empty:
-        sources.append(telemetry.nics.groupby(["time", "host"])[["tx_bytes", "rx_bytes"]].sum(min_count=1))
-    if not telemetry.pauses.empty:
-        sources.append(telemetry.pauses.groupby(["time", "host"])[["tx_bytes", "rx_bytes"]].sum(min_count=1))
-    if not ports.empty:
-        host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
-        facing = ports.assign(host=map_series(ports["link"], host_of_link)).dropna(subset=["host"])
-        # The switch port's input is what the host sent.
-        facing = facing.assign(tx_bytes=facing["in_bps"] / 8, rx_bytes=facing["out_bps"] / 8)
-        sources.append(facing.groupby(["time", "host"])[["tx_bytes", "rx_bytes"]].sum(min_count=1))
+def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Series) -> pd.DataFrame:
+    """Bytes per second each host sends and receives, from the best source that has it.
+
+    Per source the sums of a groupby over (time, host) (NaN where no row has a value), and per
+    (time, host) the first source's where it has one, else the next's: ``combine_first``.
+    """
+    columns = ["tx_bytes", "rx_bytes"]
+    sources = []  # (time, host, the frames of values to sum)
+    for frame in (telemetry.nics, telemetry.pauses):
+        if not frame.empty:
+            sources.append((frame["time"], frame["host"], [frame[columns]]))
+    facing = facing_host.notna().to_numpy()
+    if facing.any():
+        # The switch port's input is what the host sent. Each column is summed on its own, as a
+        # frame's new columns are: pandas sums a block's columns by one method, chosen by their NaN.
+        sent, received = (ports["in_bps"] / 8).to_numpy(dtype=float), (ports["out_bps"] / 8).to_numpy(dtype=float)
+        sources.append((ports["time"][facing], facing_host[facing],
+                        [pd.DataFrame({"tx_bytes": sent[facing]}), pd.DataFrame({"rx_bytes": received[facing]})]))
     if not sources:
-        return pd.DataFrame(columns=["time", "host", "tx_bytes", "rx_bytes"])
-    traffic = sources[0]
-    for other in sources[1:]:
-        traffic = traffic.combine_first(other)
-    return traffic.reset_index()
+        return pd.DataFrame(columns=["time", "host", *columns])
+    keys = _TimeHostKeys([(times, hosts) for times, hosts, _ in sources])
+    size = len(keys.times) * keys.n_hosts
+    present = np.zeros(size, dtype=bool)
+    combined = {column: np.full(size, np.nan) for column in columns}
+    for key, (_, _, frames) in zip(keys.keys, sources):
+        for frame in frames:
+            sums = _sums_by_key(frame, key, min_count=1)
+            at = sums.index.to_numpy()
+            present[at] = True
+            for column in sums.columns:
+                missing = np.isnan(combined[column][at])
+                combined[column][at[missing]] = sums[column].to_numpy(dtype=float)[missing]
+    key = np.flatnonzero(present)
+    return keys.frame(key, {column: combined[column][key] for column in columns})
+
+
+def _sums_by_key(values: pd.DataFrame, keys: np.ndarray, min_count: int = 0) -> pd.DataFrame:
+    """The columns' sums per key (-1: none, the row is left out), indexed by key in order.
+
+    pandas' own groupby sums, so they are those of the groupby over the columns the keys
+    code to the last bit: pandas sums sorted keys by ``reduceat`` (unless a column of the
+    block has a NaN), others by compensated summation, and the same rows in the same order
+    (a missing key as a NaN one) and the same blocks make the same choice.
+    """
+    sums = values.groupby(np.where(keys >= 0, keys, np.nan)).sum(min_count=min_count)
+    sums.index = sums.index.astype(np.int64)
+    return sums
+
+
+class _TimeHostKeys:
+    """The (time, host) of the rows of several frames as one integer key each: ``time * n_hosts + host``.
+
+    Times and hosts are coded in the order a groupby sorts them (-1 where either is
+    missing, rows a groupby drops), so sorting keys sorts rows by time, then host.
+    """
+
+    def __init__(self, columns: list[tuple[pd.Series, pd.Series]]) -> None:
+        time_codes, self.times = pd.factorize(pd.concat([times for times, _ in columns], ignore_index=True),
+                                              sort=True)
+        host_codes, self.hosts = pd.factorize(pd.concat([hosts for _, hosts in columns], ignore_index=True),
+                                              sort=True)
+        self.n_hosts = max(len(self.hosts), 1)
+        keys = np.where((time_codes >= 0) & (host_codes >= 0),
+                        time_codes.astype(np.int64) * self.n_hosts + host_codes, -1)
+        bounds = np.cumsum([0, *(len(times) for times, _ in columns)])
+        self.keys = [keys[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def frame(self, keys: np.ndarray, columns: dict[str, object]) -> pd.DataFrame:
+        """time, host and ``columns`` for rows with these keys."""
+        return pd.DataFrame({"time": self.times.take(keys // self.n_hosts),
+                             "host": self.hosts.take(keys % self.n_hosts), **columns})
