@@ -152,7 +152,7 @@ def decide_telemetry(
     end: pd.Timestamp, settings: DetectorSettings, min_link_score: float = DEFAULT_MIN_LINK_SCORE,
 ) -> Decided:
     """:func:`decide_window` from the telemetry already on its grid (the frames read need not be kept)."""
-    congestion = link_congestion(telemetry, topology, dict(settings.signals))
+    congestion = link_congestion(telemetry, topology, dict(settings.signals), keep_unscored=False)
     attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
     intervals = attribution.intervals
     inside = (intervals["time"] > start) & (intervals["time"] <= end)

@@ -210,8 +210,14 @@ class FrameEvidence:
         return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
 
 
-def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str, Signal] | None = None) -> Congestion:
-    """Score every link of the telemetry for every interval."""
+def link_congestion(
+    telemetry: Telemetry, topology: Topology, signals: dict[str, Signal] | None = None, keep_unscored: bool = True,
+) -> Congestion:
+    """Score every link of the telemetry for every interval.
+
+    The evidence keeps every signal's entry at every link and interval, or without
+    ``keep_unscored`` only those that scored above 0, which is all an episode quotes.
+    """
     signals = SIGNALS if signals is None else signals
     unmapped: dict[str, set[str]] = {}
     ports = _switch_ports(telemetry.ports, topology)
@@ -247,9 +253,10 @@ def link_congestion(telemetry: Telemetry, topology: Topology, signals: dict[str,
     grid = _EvidenceGrid([frame for frame, _ in parts])
     if grid.has_duplicates():
         frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
-        evidence, scores = FrameEvidence(frame), _link_scores(frame)
+        scores = _link_scores(frame)
+        evidence = FrameEvidence(frame if keep_unscored else frame[frame["score"] > 0].reset_index(drop=True))
     else:
-        evidence, scores = grid.score(parts, ports, signals)
+        evidence, scores = grid.score(parts, ports, signals, keep_unscored)
     host_pause = _host_pause(pauses, ports, facing_host)
     traffic = _host_traffic(telemetry, ports, facing_host)
     return Congestion(scores, evidence, host_pause, traffic, unmapped)
@@ -290,12 +297,30 @@ class _EvidenceGrid:
 
     def score(
         self, parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame,
-        signals: dict[str, Signal],
+        signals: dict[str, Signal], keep_unscored: bool = True,
     ) -> tuple[Evidence, pd.DataFrame]:
-        """The evidence (one entry per time, link and signal with a value) and the link scores."""
+        """The evidence (one entry per time, link and signal with a value) and the link scores.
+
+        Without ``keep_unscored`` the evidence keeps only entries that scored above 0
+        (all an episode can quote): at a week of a large fabric the others are tens of
+        millions of entries, gigabytes held for nothing.
+        """
         names: list[str] = []
+        kinds: list[str] = []
         entries: list[SignalEntries] = []
+        scores = _ScoreGrid(len(self.time_values) * self.n_links)
         n_times = len(self.time_values)
+
+        def add(name: str, kind: str, cell: np.ndarray, value: np.ndarray, normal: np.ndarray,
+                score: np.ndarray) -> None:
+            scores.add(len(names), kind, cell, score)
+            if not keep_unscored:
+                scored = np.flatnonzero(score > 0)
+                cell, value, normal, score = cell[scored], value[scored], normal[scored], score[scored]
+            entries.append(SignalEntries(len(names), cell, value, normal, score))
+            names.append(name)
+            kinds.append(kind)
+
         for (_, columns), frame_cells in zip(parts, self.cells):
             for name, series in columns.items():
                 if series is None or name not in signals:
@@ -306,9 +331,7 @@ class _EvidenceGrid:
                 value, cell = value[rows], frame_cells[rows]
                 normal = _normal(value, cell, self.n_links, n_times, signal)
                 score = np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
-                entries.append(SignalEntries(len(names), cell, value, normal, score))
-                names.append(name)
-        kinds = [signals[name].kind for name in names]
+                add(name, signal.kind, cell, value, normal, score)
 
         if not ports.empty:
             busiest = np.fmax(ports["in_bps"].to_numpy(dtype=float), ports["out_bps"].to_numpy(dtype=float))
@@ -320,39 +343,51 @@ class _EvidenceGrid:
                 cell, used = self.cells[0][rows], share[rows]
                 normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell % self.n_links]
                 ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
-                entries.append(SignalEntries(len(names), cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1)))
-                names.append(UTILIZATION.name)
-                kinds.append(LOCAL)
+                add(UTILIZATION.name, LOCAL, cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
 
         evidence = Evidence(self.times, self.link_names, entries, names, kinds)
-        return evidence, self._link_scores(entries, names, kinds)
+        return evidence, self._link_scores(scores, names)
 
-    def _link_scores(self, entries: list[SignalEntries], names: list[str], kinds: list[str]) -> pd.DataFrame:
-        """Per (time, link): the highest score, its signal (the first among equals), the highest per kind.
-
-        A signal has each cell at most once, so a signal's scores go onto the grid by plain indexing.
-        """
-        if not any(len(signal.cell) for signal in entries):
+    def _link_scores(self, scores: _ScoreGrid, names: list[str]) -> pd.DataFrame:
+        """Per (time, link) with a score: the highest, its signal (the first among equals), the highest per kind."""
+        present = scores.present()
+        if not len(present):
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
-        size = len(self.time_values) * self.n_links
-        worst = {LOCAL: np.full(size, -np.inf), PATH: np.full(size, -np.inf)}
-        for signal in entries:
-            by_kind = worst[kinds[signal.code]]
-            by_kind[signal.cell] = np.maximum(by_kind[signal.cell], signal.score)
-        best = np.maximum(worst[LOCAL], worst[PATH])
-        top = np.full(size, -1, dtype=np.int16)
-        for signal in entries:
-            first = (signal.score == best[signal.cell]) & (top[signal.cell] < 0)
-            top[signal.cell[first]] = signal.code
-        present = np.flatnonzero(top >= 0)
         return pd.DataFrame({
             "time": self.times.take(present // max(self.n_links, 1)),
             "link": _strings(self.link_names, present % max(self.n_links, 1)),
-            "score": best[present],
-            "local_score": _zero_if_none(worst[LOCAL][present]),
-            "path_score": _zero_if_none(worst[PATH][present]),
-            "top_signal": _strings(names, top[present]),
+            "score": scores.best[present],
+            "local_score": _zero_if_none(scores.worst[LOCAL][present]),
+            "path_score": _zero_if_none(scores.worst[PATH][present]),
+            "top_signal": _strings(names, scores.top[present]),
         })
+
+
+class _ScoreGrid:
+    """Per (time, link) grid cell, the scores of the signals added so far, one signal at a time.
+
+    Signals come in order and a signal has each cell at most once, so its scores go onto
+    the grid by plain indexing; the top signal is the first to reach the highest score
+    (a later one replaces it only with a higher score). A cell where a signal's score is
+    NaN has no highest score and no row.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.best = np.full(size, -np.inf)
+        self.worst = {LOCAL: np.full(size, -np.inf), PATH: np.full(size, -np.inf)}
+        self.top = np.full(size, -1, dtype=np.int16)
+        self.undefined = np.zeros(size, dtype=bool)
+
+    def add(self, code: int, kind: str, cell: np.ndarray, score: np.ndarray) -> None:
+        by_kind = self.worst[kind]
+        by_kind[cell] = np.maximum(by_kind[cell], score)
+        higher = score > self.best[cell]
+        self.best[cell[higher]] = score[higher]
+        self.top[cell[higher]] = code
+        self.undefined[cell[np.isnan(score)]] = True
+
+    def present(self) -> np.ndarray:
+        return np.flatnonzero((self.top >= 0) & ~self.undefined)
 
 
 def _zero_if_none(scores: np.ndarray) -> np.ndarray:

@@ -192,6 +192,22 @@ def test_grid_scores_are_the_groupby_scores(which, scenario, default_scenario, m
     pd.testing.assert_frame_equal(fast.scores, slow.scores, check_exact=True)
 
 
+@pytest.mark.parametrize("grid", [True, False])
+def test_evidence_without_unscored_entries_keeps_what_scored_and_the_same_scores(grid, default_scenario, monkeypatch):
+    """What batch and streaming keep (entries that scored above 0) is the full evidence, filtered; scores unchanged."""
+    from detector import congestion as module
+    if not grid:
+        monkeypatch.setattr(module._EvidenceGrid, "has_duplicates", lambda self: True)
+    frames, sim = default_scenario
+    telemetry = load_telemetry(frames)
+    full = link_congestion(telemetry, sim.topology)
+    scored = link_congestion(telemetry, sim.topology, keep_unscored=False)
+    pd.testing.assert_frame_equal(full.scores, scored.scores, check_exact=True)
+    want = full.signals[full.signals["score"] > 0].reset_index(drop=True)
+    assert 0 < len(want) < len(full.signals)
+    pd.testing.assert_frame_equal(scored.signals, want, check_exact=True)
+
+
 def check_accuracy(frames, sim) -> Accuracy:
     result = detect(frames, sim.topology, sim.allocations)
     accuracy = evaluate(result, sim.ground_truth.episodes, sim.topology, sim.allocations)
