@@ -56,6 +56,7 @@ sys.path[:0] = [str(REPO)]
 
 from collector.store.embedded import TimeRange  # noqa: E402
 from detector.batch import WindowSettings, detect_store  # noqa: E402
+from detector.heap import keep_freed_heap  # noqa: E402
 from detector.simulator import FRAME_MEASUREMENTS, SimConfig, Simulation  # noqa: E402
 
 GOAL_SECONDS = 120.0
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     sim = Simulation(config)
     store = SimulatedStore(sim)
     windows = WindowSettings(window=timedelta(hours=args.window), context=timedelta(hours=args.context))
+    keep_freed_heap()  # as `strandwatch detect --store` does
     cluster = sim.cluster
     switch_ports = sum(len(spec.ports) for spec in cluster.switch_specs)
     started = time.perf_counter()

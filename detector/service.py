@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from collector.service.signals import ShutdownSignals, run_service
 from collector.sources.base import Source
 from collector.sources.snmp import SnmpSource
 from collector.store import EmbeddedStore
+from detector.heap import release_free_heap
 from detector.jobs import load_jobs
 from detector.pricing import Prices
 from detector.streaming import Alert, StreamingDetector, store_sink
@@ -179,21 +179,7 @@ def _step(detector: StreamingDetector) -> None:
     try:
         detector.step()
     finally:
-        _release_free_heap()
-
-
-def _release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
-
-    A step allocates a few hundred MB of frames and frees them again; glibc keeps most of
-    that in its heap, scattered between live blocks, so without this the resident size
-    swings by 200-400 MB from step to step (measured: deploy/README.md, "Running for months").
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+        release_free_heap()
 
 
 def _log_alert(alert: Alert) -> None:
