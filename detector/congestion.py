@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from detector.rates import map_keys, map_series
+from detector.rates import factorize_runs, map_keys, map_series
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -277,7 +277,7 @@ class _EvidenceGrid:
         links = [frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object)
                  for frame in frames]
         all_links = np.concatenate(links)
-        link_codes, link_names = pd.factorize(all_links)
+        link_codes, link_names = factorize_runs(all_links)
         by_name = np.argsort(np.asarray(link_names, dtype=object), kind="stable")
         rank = np.empty(len(by_name), dtype=np.int64)
         rank[by_name] = np.arange(len(by_name))
@@ -733,8 +733,8 @@ class _TimeHostKeys:
     def __init__(self, columns: list[tuple[pd.Series, pd.Series]]) -> None:
         time_codes, self.times = pd.factorize(pd.concat([times for times, _ in columns], ignore_index=True),
                                               sort=True)
-        host_codes, self.hosts = pd.factorize(pd.concat([hosts for _, hosts in columns], ignore_index=True),
-                                              sort=True)
+        host_codes, self.hosts = factorize_runs(pd.concat([hosts for _, hosts in columns], ignore_index=True),
+                                                sort=True)
         self.n_hosts = max(len(self.hosts), 1)
         keys = np.where((time_codes >= 0) & (host_codes >= 0),
                         time_codes.astype(np.int64) * self.n_hosts + host_codes, -1)

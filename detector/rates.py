@@ -96,9 +96,7 @@ def counter_rates(
         return pd.DataFrame(columns=[TIME, *series, INTERVAL, *counters, *gauges])
 
     work = frame[columns]
-    codes = series_runs([work[tag] for tag in series])
-    if codes is None:
-        codes = work.groupby(list(series), sort=False, dropna=False).ngroup().to_numpy()
+    codes = group_codes([work[tag] for tag in series])
     times = _time_ns(work[TIME], source)
     order = np.lexsort((times, codes))
     if not np.array_equal(order, np.arange(len(order))):  # store reads come sorted already
@@ -181,26 +179,37 @@ def _time_ns(column: pd.Series, source: str) -> np.ndarray:
     return pd.DatetimeIndex(stamps).as_unit("ns").asi8
 
 
-def series_runs(columns: Sequence[pd.Series]) -> np.ndarray | None:
-    """Per row, its series' number in order of first appearance, when every series' rows are contiguous.
+def factorize_runs(
+    values: pd.Series | np.ndarray, sort: bool = False, use_na_sentinel: bool = True,
+) -> tuple[np.ndarray, pd.Index | np.ndarray]:
+    """``pd.factorize`` of values that come in runs of equal ones, as a store read's tags do.
 
-    Store reads come grouped by series: comparing each row's tags with the row before
-    finds the series without hashing millions of strings. None when a series comes
-    back after another (or a tag is missing), which only a groupby can number.
+    Only the first value of each run is hashed: a million rows of a few thousand series
+    hash a few thousand strings instead of a million. Codes and uniques are ``pd.factorize``'s
+    (first appearance order, or sorted; NaN a value of its own without ``use_na_sentinel``).
     """
-    if not columns or not len(columns[0]):
-        return None
-    rows = len(columns[0])
-    starts = np.zeros(rows, dtype=bool)
-    starts[0] = True
-    values = [column.to_numpy(dtype=object) for column in columns]
-    for tag in values:
-        starts[1:] |= tag[1:] != tag[:-1]
-    heads = np.flatnonzero(starts)
-    keys = list(zip(*(tag[heads].tolist() for tag in values)))
-    if len(set(keys)) != len(keys) or any(pd.isna(value) for key in keys for value in key):
-        return None
-    return np.cumsum(starts) - 1
+    array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    if array.dtype.kind not in "biufcmM":
+        array = array.astype(object, copy=False)
+    if len(array) < 2:
+        return pd.factorize(values, sort=sort, use_na_sentinel=use_na_sentinel)
+    try:
+        changes = array[1:] != array[:-1]
+    except TypeError:  # values whose equality is not a bool (pd.NA)
+        return pd.factorize(values, sort=sort, use_na_sentinel=use_na_sentinel)
+    starts = np.flatnonzero(np.concatenate(([True], changes)))
+    heads = values.iloc[starts] if isinstance(values, pd.Series) else values[starts]
+    codes, uniques = pd.factorize(heads, sort=sort, use_na_sentinel=use_na_sentinel)
+    return np.repeat(codes, np.diff(np.append(starts, len(array)))), uniques
+
+
+def group_codes(columns: Sequence[pd.Series]) -> np.ndarray:
+    """Per row, its group's number: ``groupby(columns, sort=False, dropna=False).ngroup()``, without hashing every row."""
+    key = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64)
+    for column in columns:
+        codes, uniques = factorize_runs(column, use_na_sentinel=False)
+        key = key * len(uniques) + codes
+    return factorize_runs(key)[0]
 
 
 def _numeric(column: pd.Series, source: str) -> np.ndarray:
@@ -318,11 +327,11 @@ def map_keys(columns: Sequence[pd.Series], lookup) -> np.ndarray:
     """
     if not columns or not len(columns[0]):
         return np.empty(0, dtype=object)
-    factorized = [pd.factorize(column, use_na_sentinel=False) for column in columns]
+    factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
     key = np.zeros(len(columns[0]), dtype=np.int64)
     for codes, uniques in factorized:
         key = key * len(uniques) + codes
-    inverse, distinct = pd.factorize(key)
+    inverse, distinct = factorize_runs(key)
     values = np.empty(len(distinct), dtype=object)
     for position, combined in enumerate(distinct.tolist()):
         parts = []
@@ -335,6 +344,6 @@ def map_keys(columns: Sequence[pd.Series], lookup) -> np.ndarray:
 
 def map_series(series: pd.Series, mapping: dict) -> pd.Series:
     """``series.map(mapping)`` looked up once per distinct value (the same result, with its dtype)."""
-    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    codes, uniques = factorize_runs(series, use_na_sentinel=False)
     mapped = pd.Series(uniques, dtype=series.dtype).map(mapping)
     return pd.Series(mapped.array.take(codes), index=series.index, name=series.name)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import TIME, counter_rates, map_keys, series_runs, utc_times
+from detector.rates import TIME, counter_rates, factorize_runs, group_codes, map_keys, utc_times
 
 
 class TelemetryError(ValueError):
@@ -215,12 +215,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
 
 def _has_duplicate_cells(frame: pd.DataFrame, keys: list[str], bins: np.ndarray) -> bool:
     """Whether two samples of one series land in one grid interval (integer codes, not a string ``duplicated``)."""
-    series = series_runs([frame[key] for key in keys])
-    if series is None:
-        series = np.zeros(len(frame), dtype=np.int64)
-        for key in keys:
-            codes, uniques = pd.factorize(frame[key], use_na_sentinel=False)
-            series = series * len(uniques) + codes
+    series = group_codes([frame[key] for key in keys])
     cells = series * (int(bins.max() - bins.min()) + 1) + (bins - bins.min())
     return len(pd.unique(cells)) != len(cells)
 
@@ -364,7 +359,7 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
     present = [name for name in BUSY_FIELDS if name in frame.columns]
     if not present:
         raise TelemetryError(f"measurement '{NVIDIA_SMI}': neither {' nor '.join(BUSY_FIELDS)} is present")
-    index_codes, indices = pd.factorize(frame["index"], use_na_sentinel=False)
+    index_codes, indices = factorize_runs(frame["index"], use_na_sentinel=False)
     gpu = pd.Series(pd.to_numeric(pd.Series(indices), errors="coerce").to_numpy()[index_codes], index=frame.index)
     if gpu.isna().any():
         bad = frame.loc[gpu.isna(), "index"].iloc[0]

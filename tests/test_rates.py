@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.rates import RatesError, counter_rates, series_runs
+from detector.rates import RatesError, counter_rates, factorize_runs, group_codes
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -211,12 +211,22 @@ def test_counters_with_a_value_in_every_row_give_the_rates_of_gappy_ones():
     np.testing.assert_array_equal(out["ifOutDiscards"].to_numpy(), out["ifInErrors"].to_numpy())
 
 
-def test_series_runs_number_contiguous_series_like_a_groupby_and_refuse_the_rest():
-    frame = pd.DataFrame({"agent_host": ["a", "a", "a", "b", "b", "a"], "ifName": ["1", "1", "2", "1", "1", "3"]})
-    tags = [frame["agent_host"], frame["ifName"]]
-    expected = frame.groupby(["agent_host", "ifName"], sort=False).ngroup().to_numpy()
-    np.testing.assert_array_equal(series_runs(tags), expected)
-    back = pd.concat([frame, frame.iloc[:1]], ignore_index=True)  # ("a", "1") comes back after others
-    assert series_runs([back["agent_host"], back["ifName"]]) is None
-    missing = frame.assign(ifName=["1", "1", None, None, "2", "3"])
-    assert series_runs([missing["agent_host"], missing["ifName"]]) is None
+def test_factorize_runs_gives_pandas_codes_and_uniques_whatever_the_order():
+    values = pd.Series(["b", "b", "a", None, None, "b", "c", "c", "a"], dtype="str")
+    for sort in (False, True):
+        for sentinel in (False, True):
+            codes, uniques = factorize_runs(values, sort=sort, use_na_sentinel=sentinel)
+            want_codes, want_uniques = pd.factorize(values, sort=sort, use_na_sentinel=sentinel)
+            np.testing.assert_array_equal(codes, want_codes)
+            pd.testing.assert_index_equal(uniques, want_uniques)
+    numbers = np.array([3, 3, 1, 1, 3, 2])
+    np.testing.assert_array_equal(factorize_runs(numbers)[0], pd.factorize(numbers)[0])
+    masked = pd.Series(["x", pd.NA, "x"], dtype="string")  # pd.NA compares to no bool: pandas factorizes
+    np.testing.assert_array_equal(factorize_runs(masked)[0], pd.factorize(masked)[0])
+
+
+def test_group_codes_number_groups_like_a_groupby():
+    frame = pd.DataFrame({"agent_host": ["a", "a", "a", "b", "b", "a", None, None, "a"],
+                          "ifName": ["1", "1", "2", "1", "1", "1", "1", "1", None]})
+    expected = frame.groupby(["agent_host", "ifName"], sort=False, dropna=False).ngroup().to_numpy()
+    np.testing.assert_array_equal(group_codes([frame["agent_host"], frame["ifName"]]), expected)
