@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from detector.rates import factorize_runs, map_keys, map_series
+from detector.rates import distinct_rows, factorize_runs, map_keys, map_series
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -293,7 +293,13 @@ class _EvidenceGrid:
 
     def has_duplicates(self) -> bool:
         """Whether two series of one frame fall on the same link and interval (their values must add up)."""
-        return any(len(cells) and len(pd.unique(cells)) != len(cells) for cells in self.cells)
+        seen = np.zeros(len(self.time_values) * self.n_links, dtype=bool)
+        for cells in self.cells:
+            seen[:] = False
+            seen[cells] = True
+            if np.count_nonzero(seen) != len(cells):
+                return True
+        return False
 
     def score(
         self, parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame,
@@ -508,7 +514,7 @@ def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[s
     links = topology.nic_links()
     mapped = pd.Series(map_keys([nics["host"], nics["device"]], lambda *key: links.get(key)), index=nics.index,
                        dtype=object)
-    unplaced = nics.loc[mapped.isna().to_numpy(), ["host", "device"]].drop_duplicates()
+    unplaced = distinct_rows(nics.loc[mapped.isna().to_numpy(), ["host", "device"]])
     missing = {f"{host}/{device}" for host, device in unplaced.itertuples(index=False)}
     if missing:
         unmapped["infiniband"] = missing
@@ -520,7 +526,7 @@ def _netdev_nics(topology: Topology, nics: pd.DataFrame) -> dict[tuple[str, str]
     found = {(nic.host, nic.netdev): nic.device for host in topology.hosts.values()
              for nic in host.nics.values() if nic.netdev}
     if not nics.empty:
-        known = nics[["host", "device", "netdev"]].dropna().drop_duplicates()
+        known = distinct_rows(nics[["host", "device", "netdev"]].dropna())
         for host, device, netdev in known.itertuples(index=False):
             found.setdefault((host, netdev), device)
     return found
@@ -543,7 +549,7 @@ def _pause_links(
 
     devices = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[0])
     mapped = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[1])
-    unplaced = pauses.loc[pd.isna(mapped), ["host", "netdev"]].drop_duplicates()
+    unplaced = distinct_rows(pauses.loc[pd.isna(mapped), ["host", "netdev"]])
     missing = {f"{host}/{netdev}" for host, netdev in unplaced.itertuples(index=False)}
     if missing:
         unmapped["ethtool"] = missing

@@ -87,7 +87,8 @@ def counter_rates(
     counters = [name for name in counters if name in frame.columns]
     if COUNTER32_LIST in frame.columns:
         # The SNMP source names the columns an agent served as Counter32 (vendor tables, octet fallbacks).
-        listed = {name for text in frame[COUNTER32_LIST].dropna().unique() for name in str(text).split(",")}
+        lists = factorize_runs(frame[COUNTER32_LIST].dropna())[1]
+        listed = {name for text in lists for name in str(text).split(",")}
         counter32 = frozenset(counter32) | (listed - {""})
     gauges = [name for name in gauges if name in frame.columns and name not in counters]
     markers = [name for name in (UPTIME_FIELD, DISCONTINUITY_FIELD) if name in frame.columns]
@@ -201,6 +202,27 @@ def factorize_runs(
     heads = values.iloc[starts] if isinstance(values, pd.Series) else values[starts]
     codes, uniques = pd.factorize(heads, sort=sort, use_na_sentinel=use_na_sentinel)
     return np.repeat(codes, np.diff(np.append(starts, len(array)))), uniques
+
+
+def distinct_rows(frame: pd.DataFrame, columns: Sequence[str] | None = None, keep: str = "first") -> pd.DataFrame:
+    """``frame.drop_duplicates(columns, keep=keep)``, hashing only the rows where a run of equal values starts (ends).
+
+    The first (last) occurrence of a value is always where a run of it starts (ends),
+    so the same rows come out; a store read's millions of rows have a few thousand runs.
+    """
+    columns = list(frame.columns) if columns is None else list(columns)
+    if len(frame) < 2:
+        return frame.drop_duplicates(columns, keep=keep)
+    changes = np.zeros(len(frame) - 1, dtype=bool)
+    try:
+        for column in columns:
+            values = frame[column].to_numpy()
+            values = values if values.dtype.kind in "biufcmM" else values.astype(object, copy=False)
+            changes |= values[1:] != values[:-1]
+    except TypeError:  # values whose equality is not a bool (pd.NA)
+        return frame.drop_duplicates(columns, keep=keep)
+    edges = np.concatenate(([True], changes)) if keep == "first" else np.concatenate((changes, [True]))
+    return frame.iloc[np.flatnonzero(edges)].drop_duplicates(columns, keep=keep)
 
 
 def group_codes(columns: Sequence[pd.Series]) -> np.ndarray:

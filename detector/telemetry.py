@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import TIME, counter_rates, factorize_runs, group_codes, map_keys, utc_times
+from detector.rates import TIME, counter_rates, distinct_rows, factorize_runs, group_codes, map_keys, utc_times
 
 
 class TelemetryError(ValueError):
@@ -217,6 +217,8 @@ def _has_duplicate_cells(frame: pd.DataFrame, keys: list[str], bins: np.ndarray)
     """Whether two samples of one series land in one grid interval (integer codes, not a string ``duplicated``)."""
     series = group_codes([frame[key] for key in keys])
     cells = series * (int(bins.max() - bins.min()) + 1) + (bins - bins.min())
+    if (np.diff(cells) > 0).all():  # rows come by series, then time: no cell can repeat
+        return False
     return len(pd.unique(cells)) != len(cells)
 
 
@@ -402,5 +404,5 @@ def _sum_or_nan(frame: pd.DataFrame, names: list[str]) -> pd.Series:
 def _last_tag(frame: pd.DataFrame, keys: list[str], tag: str) -> dict[tuple, str]:
     if tag not in frame.columns:
         return {}
-    known = frame.dropna(subset=[tag]).drop_duplicates(keys, keep="last")
-    return {tuple(str(v) for v in row[:-1]): str(row[-1]) for row in known[[*keys, tag]].itertuples(index=False)}
+    known = distinct_rows(frame[[*keys, tag]].dropna(subset=[tag]), keys, keep="last")
+    return {tuple(str(v) for v in row[:-1]): str(row[-1]) for row in known.itertuples(index=False)}

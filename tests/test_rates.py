@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.rates import RatesError, counter_rates, factorize_runs, group_codes
+from detector.rates import RatesError, counter_rates, distinct_rows, factorize_runs, group_codes
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -230,3 +230,13 @@ def test_group_codes_number_groups_like_a_groupby():
                           "ifName": ["1", "1", "2", "1", "1", "1", "1", "1", None]})
     expected = frame.groupby(["agent_host", "ifName"], sort=False, dropna=False).ngroup().to_numpy()
     np.testing.assert_array_equal(group_codes([frame["agent_host"], frame["ifName"]]), expected)
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_distinct_rows_are_the_rows_drop_duplicates_keeps(keep):
+    frame = pd.DataFrame({"host": ["a", "a", "b", "b", "a", None, None, "b"],
+                          "netdev": ["x", "x", "x", "y", "x", "x", "x", "y"],
+                          "value": [1, 2, 3, 4, 5, 6, 7, 8]})
+    for columns in (["host"], ["host", "netdev"], None):
+        pd.testing.assert_frame_equal(distinct_rows(frame, columns, keep=keep),
+                                      frame.drop_duplicates(columns, keep=keep))
