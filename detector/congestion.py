@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from detector.rates import distinct_rows, factorize_runs, map_keys, map_series
+from detector.rates import DistinctKeys, distinct_rows, factorize_runs, map_keys, map_series
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -547,8 +547,9 @@ def _pause_links(
         device = by_netdev.get((host, netdev)) or single.get(host)
         return device, links.get((host, device)) if device else None
 
-    devices = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[0])
-    mapped = map_keys([pauses["host"], pauses["netdev"]], lambda host, netdev: place(host, netdev)[1])
+    keys = DistinctKeys([pauses["host"], pauses["netdev"]])
+    devices = keys.map(lambda host, netdev: place(host, netdev)[0])
+    mapped = keys.map(lambda host, netdev: place(host, netdev)[1])
     unplaced = distinct_rows(pauses.loc[pd.isna(mapped), ["host", "netdev"]])
     missing = {f"{host}/{netdev}" for host, netdev in unplaced.itertuples(index=False)}
     if missing:

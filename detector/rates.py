@@ -340,28 +340,41 @@ def _rate(rows: int, increase: np.ndarray, span: tuple[np.ndarray, np.ndarray]) 
     return rate
 
 
-def map_keys(columns: Sequence[pd.Series], lookup) -> np.ndarray:
-    """``lookup(*key)`` for every row's key (one value per column), computed once per distinct key.
+class DistinctKeys:
+    """The distinct keys of a frame's rows (one value per column) and each row's key.
 
-    Frames at scale hold a million rows of a few thousand series: a Python call per
-    distinct key instead of per row, and the same values as the per-row loop (an
-    object array, one entry per row).
+    Frames at scale hold millions of rows of a few thousand series: :meth:`map` calls
+    its lookup once per distinct key instead of once per row.
     """
+
+    def __init__(self, columns: Sequence[pd.Series]) -> None:
+        self.rows = len(columns[0]) if columns else 0
+        factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
+        key = np.zeros(self.rows, dtype=np.int64)
+        for codes, uniques in factorized:
+            key = key * len(uniques) + codes
+        self.inverse, distinct = factorize_runs(key)
+        self.keys: list[tuple] = []
+        for combined in distinct.tolist():
+            parts = []
+            for _, uniques in reversed(factorized):
+                combined, code = divmod(combined, len(uniques))
+                parts.append(uniques[code])
+            self.keys.append(tuple(reversed(parts)))
+
+    def map(self, lookup) -> pd.api.extensions.ExtensionArray:
+        """``lookup(*key)`` per row, typed as pandas types a column of these values (str where they are text)."""
+        values = np.empty(len(self.keys), dtype=object)
+        for position, key in enumerate(self.keys):
+            values[position] = lookup(*key)
+        return pd.Series(values).array.take(self.inverse)
+
+
+def map_keys(columns: Sequence[pd.Series], lookup) -> pd.api.extensions.ExtensionArray:
+    """``lookup(*key)`` for every row's key (one value per column), computed once per distinct key."""
     if not columns or not len(columns[0]):
-        return np.empty(0, dtype=object)
-    factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
-    key = np.zeros(len(columns[0]), dtype=np.int64)
-    for codes, uniques in factorized:
-        key = key * len(uniques) + codes
-    inverse, distinct = factorize_runs(key)
-    values = np.empty(len(distinct), dtype=object)
-    for position, combined in enumerate(distinct.tolist()):
-        parts = []
-        for _, uniques in reversed(factorized):
-            combined, code = divmod(combined, len(uniques))
-            parts.append(uniques[code])
-        values[position] = lookup(*reversed(parts))
-    return values[inverse]
+        return pd.Series([], dtype=object).array
+    return DistinctKeys(columns).map(lookup)
 
 
 def map_series(series: pd.Series, mapping: dict) -> pd.Series:
