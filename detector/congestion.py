@@ -162,10 +162,10 @@ class Evidence:
 
         cell = column("cell", np.int64)
         code = _join([np.full(len(entries.cell), entries.code, dtype=np.int16) for entries in chosen_entries], np.int16)
-        n_links = max(len(self.link_names), 1)
+        n_times = max(len(self.times), 1)
         return pd.DataFrame({
-            "time": self.times.take(cell // n_links),
-            "link": _strings(self.link_names, cell % n_links),
+            "time": self.times.take(cell % n_times),
+            "link": _strings(self.link_names, cell // n_times),
             "signal": _strings(self.names, code),
             "value": column("value", float),
             "normal": column("normal", float),
@@ -184,7 +184,7 @@ class Evidence:
         link_code = pd.Index(self.link_names).get_indexer(pairs["link"].to_numpy(dtype=object))
         known = (grid_ns[time_code] == wanted_ns) & (link_code >= 0)
         wanted = np.zeros(len(grid_ns) * n_links, dtype=bool)
-        wanted[time_code[known] * n_links + link_code[known]] = True
+        wanted[link_code[known] * len(grid_ns) + time_code[known]] = True
         return self.frame([np.flatnonzero(wanted[entries.cell] & (entries.score > 0)) for entries in self.entries])
 
 
@@ -265,11 +265,12 @@ def link_congestion(
 class _EvidenceGrid:
     """The (time, link) of every row of the port, NIC and pause frames as integer codes.
 
-    Times are coded in time order and links in name order, so a (time, link) cell's
-    position ``time * n_links + link`` on the dense grid is also its rank in a sort by
-    time, then link. Scores, normals and the top signal are then reductions over
-    these codes (numpy) instead of groupbys over millions of rows of strings; they
-    give the same numbers and rows as those groupbys (tests/test_detector.py).
+    Times are coded in time order and links in name order. A row's cell on the dense
+    grid is ``link * n_times + time``: rows come by series, then time, so a signal's
+    cells are nearly in order, and a link's cells are one run for its normal. Scores,
+    normals and the top signal are reductions over these codes (numpy) instead of
+    groupbys over millions of rows of strings; they give the same numbers and rows as
+    those groupbys (tests/test_detector.py), scores in (time, link) order.
     """
 
     def __init__(self, frames: list[pd.DataFrame]) -> None:
@@ -288,8 +289,7 @@ class _EvidenceGrid:
         self.times = pd.DatetimeIndex(self.time_values.view("datetime64[ns]")).tz_localize("UTC").array
         self.n_links = len(self.link_names)
         bounds = np.cumsum([0, *(len(t) for t in times)])
-        self.cells = [time_codes[a:b].astype(np.int64) * self.n_links + link_codes[a:b]
-                      for a, b in zip(bounds[:-1], bounds[1:])]
+        self.cells = [link_codes[a:b] * len(self.time_values) + time_codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def has_duplicates(self) -> bool:
         """Whether two series of one frame fall on the same link and interval (their values must add up)."""
@@ -347,7 +347,7 @@ class _EvidenceGrid:
             rows = np.flatnonzero(~np.isnan(share))
             if len(rows):
                 cell, used = self.cells[0][rows], share[rows]
-                normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell % self.n_links]
+                normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell // n_times]
                 ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
                 add(UTILIZATION.name, LOCAL, cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
 
@@ -356,16 +356,20 @@ class _EvidenceGrid:
 
     def _link_scores(self, scores: _ScoreGrid, names: list[str]) -> pd.DataFrame:
         """Per (time, link) with a score: the highest, its signal (the first among equals), the highest per kind."""
-        present = scores.present()
+        n_times = len(self.time_values)
+        by_time = scores.present().reshape(self.n_links, n_times).T.ravel()
+        present = np.flatnonzero(by_time)  # (time, link) order: time * n_links + link
         if not len(present):
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
+        time, link = present // self.n_links, present % self.n_links
+        cell = link * n_times + time
         return pd.DataFrame({
-            "time": self.times.take(present // max(self.n_links, 1)),
-            "link": _strings(self.link_names, present % max(self.n_links, 1)),
-            "score": scores.best[present],
-            "local_score": _zero_if_none(scores.worst[LOCAL][present]),
-            "path_score": _zero_if_none(scores.worst[PATH][present]),
-            "top_signal": _strings(names, scores.top[present]),
+            "time": self.times.take(time),
+            "link": _strings(self.link_names, link),
+            "score": scores.best[cell],
+            "local_score": _zero_if_none(scores.worst[LOCAL][cell]),
+            "path_score": _zero_if_none(scores.worst[PATH][cell]),
+            "top_signal": _strings(names, scores.top[cell]),
         })
 
 
@@ -393,7 +397,8 @@ class _ScoreGrid:
         self.undefined[cell[np.isnan(score)]] = True
 
     def present(self) -> np.ndarray:
-        return np.flatnonzero((self.top >= 0) & ~self.undefined)
+        """Per cell, whether it has a highest score."""
+        return (self.top >= 0) & ~self.undefined
 
 
 def _zero_if_none(scores: np.ndarray) -> np.ndarray:
@@ -414,42 +419,28 @@ def _strings(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
 def _link_quantile(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, quantile: float) -> np.ndarray:
     """Per link (0 .. n_links - 1) the quantile of its values, linearly interpolated (NaN for no values).
 
-    ``cells`` are (time, link) grid positions, each at most once, and ``values`` have no
-    NaN. The values go into a (time, link) grid or, where that is too large, blocks of a
-    (link, time) matrix, whose links' values are sorted in place (NaN last), which is
-    many times faster than one sort of all values together; the numbers are pandas'
-    ``groupby().quantile()`` (at 0.5 its ``median()``, the mean of the middle two).
+    ``cells`` are grid positions ``link * n_times + time``, each at most once, and
+    ``values`` have no NaN. The values go into a (link, time) matrix, in blocks of
+    links, whose rows are sorted in place (NaN last), which is many times faster than
+    one sort of all values together; the numbers are pandas' ``groupby().quantile()``
+    (at 0.5 its ``median()``, the mean of the middle two).
     """
     result = np.full(n_links, np.nan)
     if not len(values):
         return result
-    if n_links * n_times <= LINK_QUANTILE_BLOCK_CELLS:
-        # The whole grid at once: each value goes straight to its cell, no link or time to work out.
-        grid = np.full(n_times * n_links, np.nan)
-        grid[cells] = values
-        by_link = grid.reshape(n_times, n_links)
-        by_link.sort(axis=0)
-        count = n_times - np.count_nonzero(np.isnan(by_link), axis=0)
+    links_per_block = max(1, LINK_QUANTILE_BLOCK_CELLS // max(n_times, 1))
+    for first in range(0, n_links, links_per_block):
+        last = min(n_links, first + links_per_block)
+        low, high = first * n_times, last * n_times
+        inside = slice(None) if last - first == n_links else (cells >= low) & (cells < high)
+        matrix = np.full((last - first) * n_times, np.nan)
+        matrix[cells[inside] - low] = values[inside]
+        matrix = matrix.reshape(last - first, n_times)
+        matrix.sort(axis=1)
+        count = n_times - np.count_nonzero(np.isnan(matrix), axis=1)
         has = np.flatnonzero(count)
         below, above, fraction = _ranks(count[has], quantile)
-        result[has] = _interpolate(by_link[below, has], by_link[above, has], fraction, quantile)
-        return result
-    links = cells % n_links
-    counts = np.bincount(links, minlength=n_links)
-    has = np.flatnonzero(counts)
-    row_of_link = np.full(n_links, -1, dtype=np.int64)
-    row_of_link[has] = np.arange(len(has))
-    rows_per_block = max(1, LINK_QUANTILE_BLOCK_CELLS // max(n_times, 1))
-    for first in range(0, len(has), rows_per_block):
-        block = has[first:first + rows_per_block]
-        matrix = np.full((len(block), n_times), np.nan)
-        rows = row_of_link[links] - first
-        inside = (rows >= 0) & (rows < len(block))
-        matrix[rows[inside], cells[inside] // n_links] = values[inside]
-        matrix.sort(axis=1)
-        below, above, fraction = _ranks(counts[block], quantile)
-        index = np.arange(len(block))
-        result[block] = _interpolate(matrix[index, below], matrix[index, above], fraction, quantile)
+        result[first + has] = _interpolate(matrix[has, below], matrix[has, above], fraction, quantile)
     return result
 
 
@@ -466,7 +457,7 @@ def _interpolate(value: np.ndarray, following: np.ndarray, fraction: np.ndarray,
 
 
 LINK_QUANTILE_BLOCK_CELLS = 2**23
-"""Cells of the grid or (link, time) matrix sorted at once (64 MiB of float64): bounds the memory normals take."""
+"""Cells of the (link, time) matrix sorted at once (64 MiB of float64): bounds the memory normals take."""
 
 
 def _normal(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, signal: Signal) -> np.ndarray:
@@ -476,7 +467,7 @@ def _normal(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, s
     own = _link_quantile(values, cells, n_links, n_times, NORMAL_QUANTILE)
     if signal.fleet_normal:
         own = np.minimum(own, np.median(values))
-    return np.clip(own, 0, None)[cells % n_links]
+    return np.clip(own, 0, None)[cells // n_times]
 
 
 def _evidence_by_groupby(
@@ -667,7 +658,7 @@ def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Serie
     n_series = keys.n_hosts * len(names)
     series = (key % keys.n_hosts) * len(names) + code
     has = ~np.isnan(value)
-    own = _link_quantile(value[has], (key[has] // keys.n_hosts) * n_series + series[has], n_series,
+    own = _link_quantile(value[has], series[has] * len(keys.times) + key[has] // keys.n_hosts, n_series,
                          len(keys.times), NORMAL_QUANTILE)
     fleet = np.array([np.median(value[has & (code == i)]) if (has & (code == i)).any() else np.nan
                       for i in range(len(names))])
