@@ -99,8 +99,8 @@ def counter_rates(
     work = frame[columns]
     codes = group_codes([work[tag] for tag in series])
     times = _time_ns(work[TIME], source)
-    order = np.lexsort((times, codes))
-    if not np.array_equal(order, np.arange(len(order))):  # store reads come sorted already
+    if not in_order(codes, times):  # store reads come sorted already
+        order = np.lexsort((times, codes))
         codes, times = codes[order], times[order]
         work = work.iloc[order]
     work = work.reset_index(drop=True)
@@ -165,6 +165,19 @@ def counter_rates(
         result.insert(position, tag, work[tag].array.take(kept))
     result.insert(0, TIME, utc_times(times[kept]))
     return result
+
+
+def in_order(*keys: np.ndarray) -> bool:
+    """Whether the rows are sorted by these keys (by the first, then the next among equals), in one pass."""
+    if not len(keys) or len(keys[0]) < 2:
+        return True
+    tied = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        step = np.diff(key)
+        if (tied & (step < 0)).any():
+            return False
+        tied &= step == 0
+    return True
 
 
 def utc_times(ns: np.ndarray) -> pd.DatetimeIndex:

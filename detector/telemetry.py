@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import TIME, counter_rates, distinct_rows, factorize_runs, group_codes, map_keys, utc_times
+from detector.rates import (TIME, counter_rates, distinct_rows, factorize_runs, group_codes, in_order, map_keys,
+                            utc_times)
 
 
 class TelemetryError(ValueError):
@@ -385,8 +386,11 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
         out.loc[has_sm, "kernel"] = utilization[has_sm]
     out["power_w"] = pd.to_numeric(frame["power_draw"], errors="coerce") if "power_draw" in frame.columns else np.nan
     out["model"] = frame["name"].astype(str) if "name" in frame.columns else ""
-    out = out.sort_values(["host", "gpu", TIME], kind="stable")
-    stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8.astype(float)
+    stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8
+    if not in_order(factorize_runs(out["host"], sort=True)[0], out["gpu"].to_numpy(), stamps):
+        out = out.sort_values(["host", "gpu", TIME], kind="stable")
+        stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8
+    stamps = stamps.astype(float)
     hosts, indices = out["host"].to_numpy(), out["gpu"].to_numpy()
     same = (hosts[1:] == hosts[:-1]) & (indices[1:] == indices[:-1])
     interval = np.full(len(out), np.nan)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.rates import RatesError, counter_rates, distinct_rows, factorize_runs, group_codes
+from detector.rates import RatesError, counter_rates, distinct_rows, factorize_runs, group_codes, in_order
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -240,3 +240,11 @@ def test_distinct_rows_are_the_rows_drop_duplicates_keeps(keep):
     for columns in (["host"], ["host", "netdev"], None):
         pd.testing.assert_frame_equal(distinct_rows(frame, columns, keep=keep),
                                       frame.drop_duplicates(columns, keep=keep))
+
+
+def test_in_order_is_a_lexicographic_check():
+    series, times = np.array([0, 0, 1, 1, 2]), np.array([5, 6, 1, 9, 0])
+    assert in_order(series, times) and in_order(series) and in_order(np.array([]))
+    assert not in_order(series, np.array([5, 4, 1, 9, 0]))  # time goes back within a series
+    assert not in_order(np.array([0, 1, 0]), np.array([1, 2, 3]))  # a series comes back
+    assert in_order(np.array([1, 1]), np.array([3, 3]))  # ties are in order
