@@ -13,7 +13,7 @@ seeded ``Simulation`` forward as windows ask for later data
 arrays) and keeps the frames of the last window and its context. Its ``read``
 hands out the rows of ``[start, end]`` as one frame per measurement, sorted
 by series then time like a store read, with only the fields asked for (it lists
-them by ``field_names`` as ``EmbeddedStore`` does, so ``read_frames`` asks for
+them by ``field_names`` as ``EmbeddedStore`` does, so ``StoreFrames`` asks for
 the detector's fields only): that copy is the *peer*, the time
 pandas needs just to read and copy the same frames the detector gets. Four
 clocks are reported:
@@ -23,9 +23,10 @@ clocks are reported:
 - ``detect``: everything else inside ``detect_store`` (the detector);
 - ``ratio``: detect / read.
 
-Peak memory is the process's peak resident set (``ru_maxrss``): the store's
-frames of one window and its context, the frames read, and the detector's
-working set.
+Peak memory is the process's peak resident set (``ru_maxrss``): the simulated
+store's frames of one window and its context (only the fields the detector
+reads; a store on disk holds none of it in this process), one measurement's
+frame as read, and the detector's working set.
 
 Run from the repository root::
 
@@ -56,8 +57,8 @@ sys.path[:0] = [str(REPO)]
 
 from collector.store.embedded import TimeRange  # noqa: E402
 from detector.batch import WindowSettings, detect_store  # noqa: E402
-from detector.heap import keep_freed_heap  # noqa: E402
 from detector.simulator import FRAME_MEASUREMENTS, SimConfig, Simulation  # noqa: E402
+from detector.telemetry import used_fields  # noqa: E402
 
 GOAL_SECONDS = 120.0
 GOAL_BYTES = 8 * 2**30
@@ -107,7 +108,8 @@ class SimulatedStore:
         while not self.sim.finished and self.sim.time_ns < end_ns:
             steps = min(self.chunk_steps, self.sim.config.steps - self.sim.steps_done)
             first = self.sim.time_ns + self.step_ns
-            frames = self.sim.frames(steps)
+            frames = {measurement: _detector_columns(measurement, frame)
+                      for measurement, frame in self.sim.frames(steps).items()}
             self.chunks.append((first + self.step_ns * np.arange(steps, dtype=np.int64), frames))
         self.simulate_s += time.perf_counter() - started
 
@@ -159,12 +161,22 @@ class SimulatedStore:
         return pd.concat(parts, ignore_index=True).take(rows).reset_index(drop=True)
 
 
+def _detector_columns(measurement: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame without the numeric fields the detector never reads.
+
+    A store on disk holds them without costing the detector memory; held here, in the
+    detector's process, they would count in its peak.
+    """
+    numeric = [column for column in frame.columns if column != "time" and pd.api.types.is_numeric_dtype(frame[column])]
+    unused = set(numeric) - set(used_fields(measurement, numeric))
+    return frame[[column for column in frame.columns if column not in unused]]
+
+
 def run(args: argparse.Namespace) -> dict:
     config = scale_config(args.gpus, args.days, args.interval, args.seed)
     sim = Simulation(config)
     store = SimulatedStore(sim)
     windows = WindowSettings(window=timedelta(hours=args.window), context=timedelta(hours=args.context))
-    keep_freed_heap()  # as `strandwatch detect --store` does
     cluster = sim.cluster
     switch_ports = sum(len(spec.ports) for spec in cluster.switch_specs)
     started = time.perf_counter()

@@ -31,6 +31,7 @@ from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute
 from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
+from detector.heap import release_free_heap
 from detector.jobs import Allocation
 from detector.pricing import Prices
 from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
@@ -246,12 +247,14 @@ def detect_store(
             parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
                                           windows.min_link_score))
             del telemetry
+        release_free_heap()  # what a window freed goes back before the next, so the peak is one window's
         if progress:
             progress(done, len(bounds))
     if step_s is None:
         raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
-    return finish(Decided.concat(parts) if parts else empty_decided(), topology, step_s, prices, settings,
-                  max(start, first), min(end, last))
+    decided = Decided.concat(parts) if parts else empty_decided()
+    parts.clear()  # the windows' rows are in ``decided`` now: hold them once while episodes are built
+    return finish(decided, topology, step_s, prices, settings, max(start, first), min(end, last))
 
 
 def _window_telemetry(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp,

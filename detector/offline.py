@@ -133,7 +133,6 @@ def _settings(args: argparse.Namespace) -> tuple[Prices, DetectorSettings]:
 def _detect_store(args: argparse.Namespace, topology: Topology, allocations: list) -> DetectionResult:
     from collector.store import EmbeddedStore
     from detector.batch import WindowSettings, detect_store
-    from detector.heap import keep_freed_heap
 
     path = Path(args.store)
     if not path.is_file():
@@ -144,7 +143,6 @@ def _detect_store(args: argparse.Namespace, topology: Topology, allocations: lis
     prices, settings = _settings(args)
     windows = WindowSettings(window=args.window) if args.window else WindowSettings()
     store = EmbeddedStore(path, read_only=True)
-    keep_freed_heap()  # this process does nothing else: each window reuses the last one's memory
     try:
         if args.no_progress:
             return detect_store(store, topology, allocations, since, until, prices, settings, windows)
