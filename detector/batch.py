@@ -131,8 +131,7 @@ class StoreFrames(Mapping[str, pd.DataFrame]):
 def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
     """The detector's measurements in ``[start, end]`` (both ends included), those with rows, all read at once."""
     lazy = StoreFrames(store, start, end)
-    frames = {measurement: lazy.get(measurement) for measurement in MEASUREMENTS}
-    return {measurement: frame for measurement, frame in frames.items() if frame is not None}
+    return {measurement: frame for measurement in MEASUREMENTS if (frame := lazy.get(measurement)) is not None}
 
 
 def decide_window(

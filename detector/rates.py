@@ -144,13 +144,10 @@ def counter_rates(
     numeric = [INTERVAL, *counters, *gauges]
     block = np.empty((len(numeric), len(kept)))
     block[0] = row_dt[kept]
-    spans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     dense_usable = None
     for position, (name, column) in enumerate(values.items(), start=1):
         if name in valid:
-            span = spans.get(id(valid[name]))
-            if span is None:
-                span = spans[id(valid[name])] = _usable_spans(valid[name], times, epoch, max_gap_s)
+            span = _usable_spans(valid[name], times, epoch, max_gap_s)
             block[position] = _rate(len(column), increases[name], span)[kept]
         else:
             if dense_usable is None:
@@ -202,19 +199,13 @@ def factorize_runs(
     hash a few thousand strings instead of a million. Codes and uniques are ``pd.factorize``'s
     (first appearance order, or sorted; NaN a value of its own without ``use_na_sentinel``).
     """
-    array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
-    if array.dtype.kind not in "biufcmM":
-        array = array.astype(object, copy=False)
-    if len(array) < 2:
-        return pd.factorize(values, sort=sort, use_na_sentinel=use_na_sentinel)
-    try:
-        changes = array[1:] != array[:-1]
-    except TypeError:  # values whose equality is not a bool (pd.NA)
+    changes = _changes([values])
+    if changes is None:
         return pd.factorize(values, sort=sort, use_na_sentinel=use_na_sentinel)
     starts = np.flatnonzero(np.concatenate(([True], changes)))
     heads = values.iloc[starts] if isinstance(values, pd.Series) else values[starts]
     codes, uniques = pd.factorize(heads, sort=sort, use_na_sentinel=use_na_sentinel)
-    return np.repeat(codes, np.diff(np.append(starts, len(array)))), uniques
+    return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
 
 
 def distinct_rows(frame: pd.DataFrame, columns: Sequence[str] | None = None, keep: str = "first") -> pd.DataFrame:
@@ -224,27 +215,46 @@ def distinct_rows(frame: pd.DataFrame, columns: Sequence[str] | None = None, kee
     so the same rows come out; a store read's millions of rows have a few thousand runs.
     """
     columns = list(frame.columns) if columns is None else list(columns)
-    if len(frame) < 2:
-        return frame.drop_duplicates(columns, keep=keep)
-    changes = np.zeros(len(frame) - 1, dtype=bool)
-    try:
-        for column in columns:
-            values = frame[column].to_numpy()
-            values = values if values.dtype.kind in "biufcmM" else values.astype(object, copy=False)
-            changes |= values[1:] != values[:-1]
-    except TypeError:  # values whose equality is not a bool (pd.NA)
+    changes = _changes([frame[column] for column in columns])
+    if changes is None:
         return frame.drop_duplicates(columns, keep=keep)
     edges = np.concatenate(([True], changes)) if keep == "first" else np.concatenate((changes, [True]))
     return frame.iloc[np.flatnonzero(edges)].drop_duplicates(columns, keep=keep)
 
 
+def _changes(columns: Sequence[pd.Series | np.ndarray]) -> np.ndarray | None:
+    """Per row after the first, whether any column's value differs from the row before.
+
+    None for fewer than two rows, or for values whose equality is not a bool (pd.NA).
+    """
+    if not columns or len(columns[0]) < 2:
+        return None
+    changes = np.zeros(len(columns[0]) - 1, dtype=bool)
+    for column in columns:
+        array = column.to_numpy() if isinstance(column, pd.Series) else np.asarray(column)
+        if array.dtype.kind not in "biufcmM":
+            array = array.astype(object, copy=False)
+        try:
+            changes |= array[1:] != array[:-1]
+        except TypeError:
+            return None
+    return changes
+
+
+def _group_key(columns: Sequence[pd.Series]) -> tuple[np.ndarray, pd.Index | np.ndarray, list]:
+    """Per row its key's number (first appearance order), the distinct keys as combined codes, and per
+    column its ``factorize_runs`` codes and uniques (a combined code is ``((c0 * n1) + c1) * n2 + c2 ...``)."""
+    factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
+    key = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64)
+    for codes, uniques in factorized:
+        key = key * len(uniques) + codes
+    codes, distinct = factorize_runs(key)
+    return codes, distinct, factorized
+
+
 def group_codes(columns: Sequence[pd.Series]) -> np.ndarray:
     """Per row, its group's number: ``groupby(columns, sort=False, dropna=False).ngroup()``, without hashing every row."""
-    key = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64)
-    for column in columns:
-        codes, uniques = factorize_runs(column, use_na_sentinel=False)
-        key = key * len(uniques) + codes
-    return factorize_runs(key)[0]
+    return _group_key(columns)[0]
 
 
 def _numeric(column: pd.Series, source: str) -> np.ndarray:
@@ -292,9 +302,8 @@ def _dense_increases(column: np.ndarray, same_series: np.ndarray, is_counter32: 
     delta[1:] = column[1:] - column[:-1]
     if is_counter32:
         wrapped = delta + WRAP32
-        previous = np.full(len(column), np.nan)
-        previous[1:] = column[:-1]
-        is_wrap = (delta < 0) & (previous < WRAP32) & (wrapped < MAX_WRAP_INCREASE)
+        is_wrap = (delta < 0) & (wrapped < MAX_WRAP_INCREASE)
+        is_wrap[1:] &= column[:-1] < WRAP32
         delta = np.where(is_wrap, wrapped, delta)
     went_down = same_series & (delta < 0)
     increase = np.where(same_series & ~went_down, delta, np.nan)
@@ -361,12 +370,7 @@ class DistinctKeys:
     """
 
     def __init__(self, columns: Sequence[pd.Series]) -> None:
-        self.rows = len(columns[0]) if columns else 0
-        factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
-        key = np.zeros(self.rows, dtype=np.int64)
-        for codes, uniques in factorized:
-            key = key * len(uniques) + codes
-        self.inverse, distinct = factorize_runs(key)
+        self.inverse, distinct, factorized = _group_key(columns)
         self.keys: list[tuple] = []
         for combined in distinct.tolist():
             parts = []

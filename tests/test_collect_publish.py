@@ -34,8 +34,6 @@ def strandwatch(*argv: str, log: Path) -> subprocess.Popen:
     )
 
 
-
-
 def polls_ok(metrics: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith('strandwatch_polls_total{source="snmp"') and 'result="ok"' in line)

@@ -81,7 +81,6 @@ def start_ingest(config: Path, log: Path) -> subprocess.Popen:
     )
 
 
-
 async def test_kill_9_between_receipt_and_write_loses_nothing(mosquitto, tmp_path):
     """The ingest process holds messages unacknowledged (long linger) and is killed with SIGKILL.
 
