@@ -37,11 +37,12 @@ uplink first among the blamed links.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from detector.rates import DistinctKeys, distinct_rows, factorize_runs, map_keys, map_series
+from detector.rates import DistinctKeys, block_frame, distinct_rows, factorize_runs, map_keys, map_series
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -210,6 +211,10 @@ class FrameEvidence:
         return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
 
 
+SignalColumns = dict[str, Callable[[], pd.Series | None]]
+"""Per signal of a frame, how its values per row are computed (None where the frame lacks them)."""
+
+
 def link_congestion(
     telemetry: Telemetry, topology: Topology, signals: dict[str, Signal] | None = None, keep_unscored: bool = True,
 ) -> Congestion:
@@ -226,28 +231,29 @@ def link_congestion(
     host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
     facing_host = map_series(ports["link"], host_of_link) if not ports.empty else pd.Series(dtype=object)
 
-    parts = [
+    # Each signal is a column of millions of rows: computed when scored, one at a time, not all held together.
+    parts: list[tuple[pd.DataFrame, SignalColumns]] = [
         (ports, {
-            "discards": _sum(ports, ["discards_in", "discards_out"]),
-            "port_errors": _sum(ports, ["errors_in", "errors_out"]),
-            "link_down": None if ports.empty else
+            "discards": lambda: _sum(ports, ["discards_in", "discards_out"]),
+            "port_errors": lambda: _sum(ports, ["errors_in", "errors_out"]),
+            "link_down": lambda: None if ports.empty else
             (ports["oper_status"].notna() & (ports["oper_status"] != 1)).astype(float),
-            "queue_drops": _sum(ports, ["queue_drops"]),
-            "switch_pauses_sent": _sum(ports, ["pauses_out"]),
+            "queue_drops": lambda: _sum(ports, ["queue_drops"]),
+            "switch_pauses_sent": lambda: _sum(ports, ["pauses_out"]),
             # Pauses a host sends into its leaf port are the host's (see host_pause), a peer switch's the link's.
-            "switch_pauses_received": None if ports.empty else ports["pauses_in"].where(facing_host.isna()),
-            "port_tx_wait": _sum(ports, ["tx_wait"]),
+            "switch_pauses_received": lambda: None if ports.empty else ports["pauses_in"].where(facing_host.isna()),
+            "port_tx_wait": lambda: _sum(ports, ["tx_wait"]),
         }),
         (nics, {
-            "cable_errors": _sum(nics, NIC_ERRORS),
-            "xmit_wait": _sum(nics, ["port_xmit_wait"]),
-            "ecn_marked": _sum(nics, ["np_ecn_marked_roce_packets"]),
-            "cnp": _sum(nics, ["np_cnp_sent", "rp_cnp_handled"]),
-            "retransmissions": _sum(nics, NIC_RECOVERY),
+            "cable_errors": lambda: _sum(nics, NIC_ERRORS),
+            "xmit_wait": lambda: _sum(nics, ["port_xmit_wait"]),
+            "ecn_marked": lambda: _sum(nics, ["np_ecn_marked_roce_packets"]),
+            "cnp": lambda: _sum(nics, ["np_cnp_sent", "rp_cnp_handled"]),
+            "retransmissions": lambda: _sum(nics, NIC_RECOVERY),
         }),
         (pauses, {
-            "pauses_received": _sum(pauses, ["pause_rx"]),
-            "paused_time": _sum(pauses, ["pause_rx_us"], scale=1e-6),
+            "pauses_received": lambda: _sum(pauses, ["pause_rx"]),
+            "paused_time": lambda: _sum(pauses, ["pause_rx_us"], scale=1e-6),
         }),
     ]
     grid = _EvidenceGrid([frame for frame, _ in parts])
@@ -302,7 +308,7 @@ class _EvidenceGrid:
         return False
 
     def score(
-        self, parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame,
+        self, parts: list[tuple[pd.DataFrame, SignalColumns]], ports: pd.DataFrame,
         signals: dict[str, Signal], keep_unscored: bool = True,
     ) -> tuple[Evidence, pd.DataFrame]:
         """The evidence (one entry per time, link and signal with a value) and the link scores.
@@ -328,8 +334,9 @@ class _EvidenceGrid:
             kinds.append(kind)
 
         for (_, columns), frame_cells in zip(parts, self.cells):
-            for name, series in columns.items():
-                if series is None or name not in signals:
+            for name, column in columns.items():
+                series = column() if name in signals else None
+                if series is None:
                     continue
                 signal = signals[name]
                 value = series.to_numpy(dtype=float)
@@ -362,15 +369,15 @@ class _EvidenceGrid:
         if not len(present):
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
         time, link = present // self.n_links, present % self.n_links
+        del present
         cell = link * n_times + time
-        return pd.DataFrame({
-            "time": self.times.take(time),
-            "link": _strings(self.link_names, link),
+        frame = block_frame({"time": self.times.take(time), "link": _strings(self.link_names, link)}, {
             "score": scores.best[cell],
             "local_score": _zero_if_none(scores.worst[LOCAL][cell]),
             "path_score": _zero_if_none(scores.worst[PATH][cell]),
-            "top_signal": _strings(names, scores.top[cell]),
         })
+        frame["top_signal"] = _strings(names, scores.top[cell])
+        return frame
 
 
 class _ScoreGrid:
@@ -471,7 +478,7 @@ def _normal(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, s
 
 
 def _evidence_by_groupby(
-    parts: list[tuple[pd.DataFrame, dict[str, pd.Series | None]]], ports: pd.DataFrame, signals: dict[str, Signal],
+    parts: list[tuple[pd.DataFrame, SignalColumns]], ports: pd.DataFrame, signals: dict[str, Signal],
 ) -> pd.DataFrame:
     """The evidence where two series of a frame share a link and an interval: their values add up."""
     long_parts = [_long(frame, columns) for frame, columns in parts]
@@ -556,9 +563,10 @@ def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:
     return frame[present].astype(float).sum(axis=1, min_count=1) * scale
 
 
-def _long(frame: pd.DataFrame, values: dict[str, pd.Series | None]) -> pd.DataFrame:
+def _long(frame: pd.DataFrame, columns: SignalColumns) -> pd.DataFrame:
     parts = []
-    for name, series in values.items():
+    for name, column in columns.items():
+        series = column()
         if series is None:
             continue
         part = pd.DataFrame({"time": frame["time"], "link": frame["link"], "signal": name,

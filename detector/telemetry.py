@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import (TIME, counter_rates, distinct_rows, factorize_runs, group_codes, in_order, map_keys,
-                            utc_times)
+from detector.rates import (TIME, block_frame, counter_rates, distinct_rows, factorize_runs, group_codes, in_order,
+                            map_keys, utc_times)
 
 
 class TelemetryError(ValueError):
@@ -245,7 +245,7 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         """The first of these rate columns, filled from the next where a port lacks it."""
         return _first_present(rates, names)
 
-    return _rate_frame({"time": rates[TIME], "agent_host": _as_str(rates[SWITCH_TAG]), "port": _as_str(rates[name_tag])}, {
+    return block_frame({"time": rates[TIME], "agent_host": _as_str(rates[SWITCH_TAG]), "port": _as_str(rates[name_tag])}, {
         "interval_s": rates["interval_s"].to_numpy(),
         "in_bps": column("ifHCInOctets", "ifInOctets") * 8,
         "out_bps": column("ifHCOutOctets", "ifOutOctets") * 8,
@@ -278,22 +278,6 @@ def _as_str(tags: pd.Series) -> pd.Series:
     return tags if tags.dtype == "str" else tags.astype(str)
 
 
-def _rate_frame(leading: Mapping[str, object], numeric: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """Time and tags first, then the float columns handed to pandas as one block.
-
-    A frame built from a dict of columns copies them all into one block; at a
-    million rows per measurement that copy costs as much as the rates themselves.
-    """
-    rows = len(next(iter(numeric.values())))
-    block = np.empty((len(numeric), rows))
-    for position, values in enumerate(numeric.values()):
-        block[position] = values
-    frame = pd.DataFrame(block.T, columns=list(numeric), copy=False)
-    for position, (name, values) in enumerate(leading.items()):
-        frame.insert(position, name, values.array if isinstance(values, pd.Series) else values)
-    return frame
-
-
 def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...]) -> pd.Series:
     """Per row, the sum of the first family of counters that has a value there."""
     result = pd.Series(np.nan, index=rates.index)
@@ -319,7 +303,7 @@ def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
                "rx_bytes": _first_present(rates, ("port_rcv_data_64", "port_rcv_data")) * 4}
     for name in (*NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS):
         numeric[name] = rates[name].to_numpy(dtype=float) if name in rates.columns else np.full(len(rates), np.nan)
-    out = _rate_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "device": _as_str(rates["device"]),
+    out = block_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "device": _as_str(rates["device"]),
                        "port": _as_str(rates["port"])}, numeric)
     netdevs = _last_tag(frame, ["host", "device", "port"], "netdev")
     out.insert(5, "netdev", map_keys([out["host"], out["device"], out["port"]], lambda *key: netdevs.get(key)))
@@ -348,7 +332,7 @@ def _pause_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         numeric[f"pause_{direction}_us"] = _sum_or_nan(rates, duration_fields).to_numpy()
     for name, sources in ETHTOOL_BYTES.items():
         numeric[name] = _first_present(rates, sources)
-    return _rate_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "netdev": _as_str(rates["interface"])},
+    return block_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "netdev": _as_str(rates["interface"])},
                        numeric)
 
 
