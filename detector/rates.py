@@ -156,12 +156,8 @@ def counter_rates(
     for position, name in enumerate(gauges, start=1 + len(counters)):
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
-    # One float block handed to pandas as is: a frame built from a dict of columns copies them all into one.
-    result = pd.DataFrame(block.T, columns=numeric, copy=False)
-    for position, tag in enumerate(series):
-        result.insert(position, tag, work[tag].array.take(kept))
-    result.insert(0, TIME, utc_times(times[kept]))
-    return result
+    leading = {TIME: utc_times(times[kept]), **{tag: work[tag].array.take(kept) for tag in series}}
+    return _frame_of_block(leading, numeric, block)
 
 
 def in_order(*keys: np.ndarray) -> bool:
@@ -402,16 +398,20 @@ def map_series(series: pd.Series, mapping: dict) -> pd.Series:
 
 
 def block_frame(leading: Mapping[str, object], numeric: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """A frame of the ``leading`` columns (time, tags) first, then the float columns handed to pandas as one block.
-
-    A frame built from a dict of columns copies them all into one block; at a
-    million rows per measurement that copy costs as much as the rates themselves.
-    Neither the block nor the leading columns are copied.
-    """
+    """A frame of the ``leading`` columns (time, tags), then the ``numeric`` columns as one float block."""
     rows = len(next(iter(numeric.values())))
     block = np.empty((len(numeric), rows))
     for position, values in enumerate(numeric.values()):
         block[position] = values
+    return _frame_of_block(leading, list(numeric), block)
+
+
+def _frame_of_block(leading: Mapping[str, object], names: list[str], block: np.ndarray) -> pd.DataFrame:
+    """The ``leading`` columns, then a float column per row of ``block``; nothing is copied.
+
+    A frame built from a dict of columns copies them all into one block, and ``insert``
+    copies what it inserts: at millions of rows those copies cost as much as the rates.
+    """
     first = pd.DataFrame({name: values.array if isinstance(values, pd.Series) else values
                           for name, values in leading.items()}, copy=False)
-    return pd.concat([first, pd.DataFrame(block.T, columns=list(numeric), copy=False)], axis=1)
+    return pd.concat([first, pd.DataFrame(block.T, columns=names, copy=False)], axis=1)
