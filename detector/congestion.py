@@ -556,11 +556,25 @@ def _pause_links(
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:
-    """The sum of the columns that have a value in a row (NaN where none has); None without any column."""
+    """The sum of the columns that have a value in a row (NaN where none has); None without any column.
+
+    The numbers of ``frame[names].sum(axis=1, min_count=1)`` to the last bit (a sum starts
+    from +0.0 and adds the columns in order), without copying the columns into a block.
+    """
     present = [name for name in names if name in frame.columns]
     if frame.empty or not present:
         return None
-    return frame[present].astype(float).sum(axis=1, min_count=1) * scale
+    total = np.zeros(len(frame))
+    seen = np.zeros(len(frame), dtype=bool)
+    for name in present:
+        values = frame[name].to_numpy(dtype=float)
+        has = ~np.isnan(values)
+        np.add(total, values, out=total, where=has)
+        seen |= has
+    total[~seen] = np.nan
+    if scale != 1.0:
+        total *= scale
+    return pd.Series(total, index=frame.index)
 
 
 def _long(frame: pd.DataFrame, columns: SignalColumns) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pytest
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
 from detector.attribution import IDENTITY, NETWORK, AttributionSettings, attribute, idle_loss_model
-from detector.congestion import UTILIZATION_CAP, link_congestion
+from detector.congestion import UTILIZATION_CAP, _sum, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
 from detector.evaluation import Accuracy, evaluate
@@ -173,6 +173,21 @@ def default_scenario():
     from detector.simulator import SimConfig, simulate
     points, sim = simulate(SimConfig())
     return points_to_frames(points), sim
+
+
+def test_signal_sums_are_pandas_row_sums_to_the_bit():
+    """Signal sums add columns in numpy; the numbers must be pandas' ``sum(axis=1, min_count=1)``, signed zeros too."""
+    rng = np.random.default_rng(7)
+    choices = [np.nan, 0.0, -0.0, 1.5, -2.25, 1e-300, 1e300, -1e300, np.inf, 3.0]
+    frame = pd.DataFrame({name: rng.choice(choices, 5000) for name in "abcde"})
+    for names in (["a"], ["a", "b"], list("abcde"), ["a", "missing"]):
+        for scale in (1.0, 1e-6):
+            expected = frame[[n for n in names if n in frame]].sum(axis=1, min_count=1) * scale
+            got = _sum(frame, names, scale)
+            assert np.array_equal(np.isnan(got), np.isnan(expected))
+            both = ~np.isnan(expected.to_numpy())
+            assert (got.to_numpy()[both].view(np.int64) == expected.to_numpy()[both].view(np.int64)).all(), names
+    assert _sum(frame, ["missing"]) is None
 
 
 @pytest.mark.parametrize("which", ["fixture", "simulated"])
