@@ -95,6 +95,11 @@ class Simulation:
         self._step += 1
         return self.time_ns
 
+    def drop_ground_truth(self) -> None:
+        """Forget the ground truth recorded so far: a long run that is never evaluated need not hold it
+        (a week of a 1,024-GPU cluster's is over 100 MB, interleaved with everything else on the heap)."""
+        self.model.truth.clear()
+
     # Device faces ------------------------------------------------------------------
     @property
     def board(self) -> CounterBoard:
