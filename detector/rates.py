@@ -148,11 +148,11 @@ def counter_rates(
     for position, (name, column) in enumerate(values.items(), start=1):
         if name in valid:
             span = _usable_spans(valid[name], times, epoch, max_gap_s)
-            block[position] = _rate(len(column), increases[name], span)[kept]
+            block[position] = _rate(len(column), increases.pop(name), span)[kept]
         else:
             if dense_usable is None:
                 dense_usable = _dense_usable(same_series, row_dt, epoch, max_gap_s)
-            block[position] = _dense_rate(increases[name], row_dt, dense_usable)[kept]
+            _dense_rate_into(increases.pop(name), row_dt, dense_usable, kept, block[position])
     for position, name in enumerate(gauges, start=1 + len(counters)):
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
@@ -293,17 +293,21 @@ def _increases(
 
 
 def _dense_increases(column: np.ndarray, same_series: np.ndarray, is_counter32: bool) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_increases` of a column with a value in every row: the same numbers from the row before."""
-    delta = np.full(len(column), np.nan)
-    delta[1:] = column[1:] - column[:-1]
+    """:func:`_increases` of a column with a value in every row: the same numbers from the row before.
+
+    Computed in one new array: at millions of rows each temporary is memory the kernel must map and zero.
+    """
+    delta = np.empty(len(column))
+    delta[:1] = np.nan
+    np.subtract(column[1:], column[:-1], out=delta[1:])
     if is_counter32:
         wrapped = delta + WRAP32
         is_wrap = (delta < 0) & (wrapped < MAX_WRAP_INCREASE)
         is_wrap[1:] &= column[:-1] < WRAP32
-        delta = np.where(is_wrap, wrapped, delta)
+        np.copyto(delta, wrapped, where=is_wrap)
     went_down = same_series & (delta < 0)
-    increase = np.where(same_series & ~went_down, delta, np.nan)
-    return increase, went_down
+    delta[~same_series | went_down] = np.nan
+    return delta, went_down
 
 
 def _dense_usable(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarray, max_gap_s: float) -> np.ndarray:
@@ -313,8 +317,12 @@ def _dense_usable(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarray
     return same_series & same_epoch & (row_dt > 0) & (row_dt <= max_gap_s)
 
 
-def _dense_rate(increase: np.ndarray, row_dt: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    return np.divide(increase, row_dt, out=np.full(len(increase), np.nan), where=usable)
+def _dense_rate_into(increase: np.ndarray, row_dt: np.ndarray, usable: np.ndarray, kept: np.ndarray,
+                     out: np.ndarray) -> None:
+    """``increase / row_dt`` at the ``kept`` rows into ``out`` (NaN where not ``usable``); ``increase`` is overwritten."""
+    np.divide(increase, row_dt, out=increase, where=usable)
+    increase[~usable] = np.nan
+    np.take(increase, kept, out=out)
 
 
 def _uptime_went_back(uptime: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
