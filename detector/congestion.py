@@ -343,9 +343,7 @@ class _EvidenceGrid:
                 if series is None:
                     continue
                 signal = signals[name]
-                value = series.to_numpy(dtype=float)
-                rows = np.flatnonzero(~np.isnan(value))
-                value, cell = value[rows], frame_cells[rows]
+                value, cell = _with_value(series.to_numpy(dtype=float), frame_cells)
                 normal = _normal(value, cell, self.n_links, n_times, signal)
                 score = np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
                 add(name, signal.kind, cell, value, normal, score)
@@ -355,9 +353,8 @@ class _EvidenceGrid:
             speed = ports["speed_bps"].to_numpy(dtype=float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = np.where(speed > 0, busiest / speed, np.nan)
-            rows = np.flatnonzero(~np.isnan(share))
-            if len(rows):
-                cell, used = self.cells[0][rows], share[rows]
+            used, cell = _with_value(share, self.cells[0])
+            if len(used):
                 normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell // n_times]
                 ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
                 add(UTILIZATION.name, LOCAL, cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
@@ -384,6 +381,15 @@ class _EvidenceGrid:
         return frame
 
 
+def _with_value(values: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values that are not NaN and their cells (the arrays themselves where none is NaN, as most signals)."""
+    missing = np.isnan(values)
+    if not missing.any():
+        return values, cells
+    rows = np.flatnonzero(~missing)
+    return values[rows], cells[rows]
+
+
 class _ScoreGrid:
     """Per (time, link) grid cell, the scores of the signals added so far, one signal at a time.
 
@@ -403,8 +409,9 @@ class _ScoreGrid:
         by_kind = self.worst[kind]
         by_kind[cell] = np.maximum(by_kind[cell], score)
         higher = score > self.best[cell]
-        self.best[cell[higher]] = score[higher]
-        self.top[cell[higher]] = code
+        raised = cell[higher]
+        self.best[raised] = score[higher]
+        self.top[raised] = code
         self.undefined[cell[np.isnan(score)]] = True
 
     def present(self) -> np.ndarray:
