@@ -258,7 +258,7 @@ def link_congestion(
         }),
     ]
     # The hosts' sums only read the frames, and numpy and pandas' groupby sums release the GIL: on a
-    # second core they run beside the scoring (a 1,024-GPU 8 h window: 8.5 s down to 5.8).
+    # second core they run beside the scoring (a 1,024-GPU 8 h window: 8.5 s down to about 6).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-sums") as pool:
         host_pause = pool.submit(_host_pause, pauses, ports, facing_host)
         traffic = pool.submit(_host_traffic, telemetry, ports, facing_host)

@@ -96,8 +96,8 @@ class Simulation:
         return self.time_ns
 
     def drop_ground_truth(self) -> None:
-        """Forget the ground truth recorded so far: a long run that is never evaluated need not hold it
-        (a week of a 1,024-GPU cluster's is over 100 MB, interleaved with everything else on the heap)."""
+        """Forget the ground truth recorded so far: it grows with every step, and a long run that is
+        never evaluated (the scale benchmark's week) need not hold it."""
         self.model.truth.clear()
 
     # Device faces ------------------------------------------------------------------
