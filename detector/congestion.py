@@ -43,7 +43,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from detector.rates import DistinctKeys, block_frame, distinct_rows, factorize_runs, map_keys, map_series
+from detector.rates import (DistinctKeys, block_frame, distinct_rows, factorize_runs, map_keys, map_series,
+                            row_sums)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -567,22 +568,11 @@ def _pause_links(
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:
-    """The sum of the columns that have a value in a row (NaN where none has); None without any column.
-
-    The numbers of ``frame[names].sum(axis=1, min_count=1)`` to the last bit (a sum starts
-    from +0.0 and adds the columns in order), without copying the columns into a block.
-    """
+    """The sum of the columns that have a value in a row (NaN where none has); None without any column."""
     present = [name for name in names if name in frame.columns]
     if frame.empty or not present:
         return None
-    total = np.zeros(len(frame))
-    seen = np.zeros(len(frame), dtype=bool)
-    for name in present:
-        values = frame[name].to_numpy(dtype=float)
-        has = ~np.isnan(values)
-        np.add(total, values, out=total, where=has)
-        seen |= has
-    total[~seen] = np.nan
+    total = row_sums(frame, present)
     if scale != 1.0:
         total *= scale
     return pd.Series(total, index=frame.index)

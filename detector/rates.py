@@ -405,6 +405,23 @@ def map_series(series: pd.Series, mapping: dict) -> pd.Series:
     return pd.Series(mapped.array.take(codes), index=series.index, name=series.name)
 
 
+def row_sums(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """Per row, the sum of these columns where any has a value there (NaN where none has, or no names).
+
+    The numbers of ``frame[names].sum(axis=1, min_count=1)`` to the last bit (a sum starts
+    from +0.0 and adds the columns in order), without copying the columns into a block.
+    """
+    total = np.zeros(len(frame))
+    seen = np.zeros(len(frame), dtype=bool)
+    for name in names:
+        values = frame[name].to_numpy(dtype=float)
+        has = ~np.isnan(values)
+        np.add(total, values, out=total, where=has)
+        seen |= has
+    total[~seen] = np.nan
+    return total
+
+
 def block_frame(leading: Mapping[str, object], numeric: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """A frame of the ``leading`` columns (time, tags), then the ``numeric`` columns as one float block."""
     rows = len(next(iter(numeric.values())))

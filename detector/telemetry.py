@@ -32,7 +32,7 @@ import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
 from detector.rates import (TIME, block_frame, counter_rates, distinct_rows, factorize_runs, group_codes, in_order,
-                            map_keys, utc_times)
+                            map_keys, row_sums, utc_times)
 
 
 class TelemetryError(ValueError):
@@ -257,9 +257,9 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         "errors_out": column("ifOutErrors"),
         "speed_bps": column("ifHighSpeed") * 1e6,
         "oper_status": column("ifOperStatus"),
-        "queue_drops": _sum_or_nan(rates, [name for name in vendor if SWITCH_QUEUE_DROPS.match(name)]).to_numpy(),
-        "pauses_out": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["out"]).to_numpy(),
-        "pauses_in": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["in"]).to_numpy(),
+        "queue_drops": row_sums(rates, [name for name in vendor if SWITCH_QUEUE_DROPS.match(name)]),
+        "pauses_out": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["out"]),
+        "pauses_in": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["in"]),
         "tx_wait": column(SWITCH_TX_WAIT) / 1e6,
     })
 
@@ -278,11 +278,12 @@ def _as_str(tags: pd.Series) -> pd.Series:
     return tags if tags.dtype == "str" else tags.astype(str)
 
 
-def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...]) -> pd.Series:
+def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...]) -> np.ndarray:
     """Per row, the sum of the first family of counters that has a value there."""
-    result = pd.Series(np.nan, index=rates.index)
+    result = np.full(len(rates), np.nan)
     for family in families:
-        result = result.fillna(_sum_or_nan(rates, [name for name in names if family.match(name)]))
+        sums = row_sums(rates, [name for name in names if family.match(name)])
+        result = np.where(np.isnan(result), sums, result)
     return result
 
 
@@ -328,8 +329,8 @@ def _pause_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     for direction in ("rx", "tx"):
         frame_fields = [n for n in pause_fields if n.startswith(direction) and not n.endswith("_duration")]
         duration_fields = [n for n in pause_fields if n.startswith(direction) and n.endswith("_duration")]
-        numeric[f"pause_{direction}"] = _sum_or_nan(rates, frame_fields).to_numpy()
-        numeric[f"pause_{direction}_us"] = _sum_or_nan(rates, duration_fields).to_numpy()
+        numeric[f"pause_{direction}"] = row_sums(rates, frame_fields)
+        numeric[f"pause_{direction}_us"] = row_sums(rates, duration_fields)
     for name, sources in ETHTOOL_BYTES.items():
         numeric[name] = _first_present(rates, sources)
     return block_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "netdev": _as_str(rates["interface"])},
@@ -381,12 +382,6 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
     interval[1:] = np.where(same, np.diff(stamps) / 1e9, np.nan)
     out["interval_s"] = interval
     return out.reset_index(drop=True)
-
-
-def _sum_or_nan(frame: pd.DataFrame, names: list[str]) -> pd.Series:
-    if not names:
-        return pd.Series(np.nan, index=frame.index)
-    return frame[names].astype(float).sum(axis=1, min_count=1)
 
 
 def _last_tag(frame: pd.DataFrame, keys: list[str], tag: str) -> dict[tuple, str]:
