@@ -31,7 +31,7 @@ from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute
 from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
-from detector.heap import release_free_heap
+from detector.heap import large_blocks_from_heap, release_free_heap
 from detector.jobs import Allocation
 from detector.pricing import Prices
 from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
@@ -243,8 +243,9 @@ def detect_store(
         if telemetry is not None:
             step_s = telemetry.step_s
             allocated = _overlapping(allocations, window_start - context, window_end)
-            parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
-                                          windows.min_link_score))
+            with large_blocks_from_heap():
+                parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
+                                              windows.min_link_score))
             del telemetry
         release_free_heap()  # what a window freed goes back before the next, so the peak is one window's
         if progress:

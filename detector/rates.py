@@ -26,6 +26,7 @@ well under a second per field.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
@@ -228,12 +229,26 @@ def _changes(columns: Sequence[pd.Series | np.ndarray]) -> np.ndarray | None:
     changes = np.zeros(len(columns[0]) - 1, dtype=bool)
     for column in columns:
         array = column.to_numpy() if isinstance(column, pd.Series) else np.asarray(column)
-        if array.dtype.kind not in "biufcmM":
-            array = array.astype(object, copy=False)
         try:
-            changes |= array[1:] != array[:-1]
+            changes |= array[1:] != array[:-1] if array.dtype.kind in "biufcmM" else _object_changes(array)
         except TypeError:
             return None
+    return changes
+
+
+def _object_changes(values: np.ndarray) -> np.ndarray:
+    """``values[1:] != values[:-1]`` for Python objects, comparing only those that are not the same object.
+
+    A store read's tag column holds one string object row after row (readers intern tag
+    values or repeat one per series), so comparing addresses first leaves a few thousand
+    string comparisons instead of millions. A missing value counts as equal to itself, as
+    it does in ``pd.factorize``.
+    """
+    values = np.ascontiguousarray(values, dtype=object)
+    addresses = np.ctypeslib.as_array((ctypes.c_size_t * len(values)).from_address(values.ctypes.data))
+    changes = addresses[1:] != addresses[:-1]
+    differ = np.flatnonzero(changes)
+    changes[differ] = values[differ + 1] != values[differ]
     return changes
 
 

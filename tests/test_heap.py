@@ -1,0 +1,30 @@
+"""detector.heap: where glibc (the project's supported C library) serves the detector's large arrays from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from detector.heap import large_blocks_from_heap, release_free_heap
+
+
+def _in_heap(array: np.ndarray) -> bool:
+    """Whether the array's data lies in the process's brk heap ("[heap]" in /proc/self/maps)."""
+    address = array.ctypes.data
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split()
+        low, high = (int(part, 16) for part in span.split("-"))
+        if low <= address < high:
+            return rest[-1] == "[heap]"
+    raise AssertionError(f"address {address:#x} is in no mapping")
+
+
+def test_large_arrays_come_from_the_heap_only_inside_the_block():
+    size = 64 * 2**20 // 8
+    with large_blocks_from_heap():
+        inside = np.empty(size)
+        assert _in_heap(inside)
+    del inside
+    release_free_heap()
+    after = np.empty(size)
+    assert not _in_heap(after)
