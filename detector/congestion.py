@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, block_frame, distinct_rows, factorize_runs, map_keys, map_series,
+from detector.rates import (DistinctKeys, distinct_rows, factorize_runs, frame_of_block, map_keys, map_series,
                             row_sums)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
@@ -373,11 +373,13 @@ class _EvidenceGrid:
         time, link = present // self.n_links, present % self.n_links
         del present
         cell = link * n_times + time
-        frame = block_frame({"time": self.times.take(time), "link": _strings(self.link_names, link)}, {
-            "score": scores.best[cell],
-            "local_score": _zero_if_none(scores.worst[LOCAL][cell]),
-            "path_score": _zero_if_none(scores.worst[PATH][cell]),
-        })
+        block = np.empty((3, len(cell)))
+        for row, grid in enumerate((scores.best, scores.worst[LOCAL], scores.worst[PATH])):
+            np.take(grid, cell, out=block[row])
+        kinds = block[1:]
+        kinds[np.isneginf(kinds)] = 0.0  # no signal of that kind scored the cell
+        frame = frame_of_block({"time": self.times.take(time), "link": _strings(self.link_names, link)},
+                               ["score", "local_score", "path_score"], block)
         frame["top_signal"] = _strings(names, scores.top[cell])
         return frame
 
@@ -418,10 +420,6 @@ class _ScoreGrid:
     def present(self) -> np.ndarray:
         """Per cell, whether it has a highest score."""
         return (self.top >= 0) & ~self.undefined
-
-
-def _zero_if_none(scores: np.ndarray) -> np.ndarray:
-    return np.where(np.isneginf(scores), 0.0, scores)
 
 
 def _time_ns(frame: pd.DataFrame) -> np.ndarray:

@@ -158,7 +158,7 @@ def counter_rates(
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
     leading = {TIME: utc_times(times[kept]), **{tag: work[tag].array.take(kept) for tag in series}}
-    return _frame_of_block(leading, numeric, block)
+    return frame_of_block(leading, numeric, block)
 
 
 def in_order(*keys: np.ndarray) -> bool:
@@ -443,10 +443,10 @@ def block_frame(leading: Mapping[str, object], numeric: Mapping[str, np.ndarray]
     block = np.empty((len(numeric), rows))
     for position, values in enumerate(numeric.values()):
         block[position] = values
-    return _frame_of_block(leading, list(numeric), block)
+    return frame_of_block(leading, list(numeric), block)
 
 
-def _frame_of_block(leading: Mapping[str, object], names: list[str], block: np.ndarray) -> pd.DataFrame:
+def frame_of_block(leading: Mapping[str, object], names: list[str], block: np.ndarray) -> pd.DataFrame:
     """The ``leading`` columns, then a float column per row of ``block``; nothing is copied.
 
     A frame built from a dict of columns copies them all into one block, and ``insert``
