@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, distinct_rows, factorize_runs, frame_of_block, map_keys, map_series,
+from detector.rates import (DistinctKeys, FloatBlock, distinct_rows, factorize_runs, map_keys, map_series,
                             row_sums)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
@@ -373,13 +373,13 @@ class _EvidenceGrid:
         time, link = present // self.n_links, present % self.n_links
         del present
         cell = link * n_times + time
-        block = np.empty((3, len(cell)))
-        for row, grid in enumerate((scores.best, scores.worst[LOCAL], scores.worst[PATH])):
-            np.take(grid, cell, out=block[row])
-        kinds = block[1:]
+        block = FloatBlock(["score", "local_score", "path_score"], len(cell))
+        for name, grid in (("score", scores.best), ("local_score", scores.worst[LOCAL]),
+                           ("path_score", scores.worst[PATH])):
+            np.take(grid, cell, out=block[name])
+        kinds = block.values[1:]
         kinds[np.isneginf(kinds)] = 0.0  # no signal of that kind scored the cell
-        frame = frame_of_block({"time": self.times.take(time), "link": _strings(self.link_names, link)},
-                               ["score", "local_score", "path_score"], block)
+        frame = block.frame({"time": self.times.take(time), "link": _strings(self.link_names, link)})
         frame["top_signal"] = _strings(names, scores.top[cell])
         return frame
 

@@ -142,23 +142,21 @@ def counter_rates(
     epoch = np.cumsum(reset)
 
     kept = np.flatnonzero(same_series)
-    numeric = [INTERVAL, *counters, *gauges]
-    block = np.empty((len(numeric), len(kept)))
-    block[0] = row_dt[kept]
+    block = FloatBlock([INTERVAL, *counters, *gauges], len(kept))
+    block[INTERVAL] = row_dt[kept]
     dense_usable = None
-    for position, (name, column) in enumerate(values.items(), start=1):
+    for name, column in values.items():
         if name in valid:
             span = _usable_spans(valid[name], times, epoch, max_gap_s)
-            block[position] = _rate(len(column), increases.pop(name), span)[kept]
+            block[name] = _rate(len(column), increases.pop(name), span)[kept]
         else:
             if dense_usable is None:
                 dense_usable = _dense_usable(same_series, row_dt, epoch, max_gap_s)
-            _dense_rate_into(increases.pop(name), row_dt, dense_usable, kept, block[position])
-    for position, name in enumerate(gauges, start=1 + len(counters)):
+            _dense_rate_into(increases.pop(name), row_dt, dense_usable, kept, block[name])
+    for name in gauges:
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
-        block[position] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
-    leading = {TIME: utc_times(times[kept]), **{tag: work[tag].array.take(kept) for tag in series}}
-    return frame_of_block(leading, numeric, block)
+        block[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
+    return block.frame({TIME: utc_times(times[kept]), **{tag: work[tag].array.take(kept) for tag in series}})
 
 
 def in_order(*keys: np.ndarray) -> bool:
@@ -420,13 +418,15 @@ def map_series(series: pd.Series, mapping: dict) -> pd.Series:
     return pd.Series(mapped.array.take(codes), index=series.index, name=series.name)
 
 
-def row_sums(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+def row_sums(frame: pd.DataFrame, names: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
     """Per row, the sum of these columns where any has a value there (NaN where none has, or no names).
 
     The numbers of ``frame[names].sum(axis=1, min_count=1)`` to the last bit (a sum starts
     from +0.0 and adds the columns in order), without copying the columns into a block.
+    Written into ``out`` where given.
     """
-    total = np.zeros(len(frame))
+    total = np.zeros(len(frame)) if out is None else out
+    total[:] = 0.0
     seen = np.zeros(len(frame), dtype=bool)
     for name in names:
         values = frame[name].to_numpy(dtype=float)
@@ -437,21 +437,31 @@ def row_sums(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     return total
 
 
-def block_frame(leading: Mapping[str, object], numeric: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """A frame of the ``leading`` columns (time, tags), then the ``numeric`` columns as one float block."""
-    rows = len(next(iter(numeric.values())))
-    block = np.empty((len(numeric), rows))
-    for position, values in enumerate(numeric.values()):
-        block[position] = values
-    return frame_of_block(leading, list(numeric), block)
+class FloatBlock:
+    """Float columns computed in place into one block, then joined to time and tag columns as a frame.
 
-
-def frame_of_block(leading: Mapping[str, object], names: list[str], block: np.ndarray) -> pd.DataFrame:
-    """The ``leading`` columns, then a float column per row of ``block``; nothing is copied.
-
-    A frame built from a dict of columns copies them all into one block, and ``insert``
-    copies what it inserts: at millions of rows those copies cost as much as the rates.
+    At millions of rows each temporary array is memory the kernel must map and zero:
+    writing a column straight into its row of the block spares the temporary and its
+    copy, and the frame is built around the block without copying it.
     """
-    first = pd.DataFrame({name: values.array if isinstance(values, pd.Series) else values
-                          for name, values in leading.items()}, copy=False)
-    return pd.concat([first, pd.DataFrame(block.T, columns=names, copy=False)], axis=1)
+
+    def __init__(self, names: Sequence[str], rows: int) -> None:
+        self.names = list(names)
+        self.values = np.empty((len(self.names), rows))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The row of column ``name``, to write into."""
+        return self.values[self.names.index(name)]
+
+    def __setitem__(self, name: str, values: np.ndarray | float) -> None:
+        self.values[self.names.index(name)] = values
+
+    def frame(self, leading: Mapping[str, object]) -> pd.DataFrame:
+        """The ``leading`` columns (time, tags), then a float column per row of the block; nothing is copied.
+
+        A frame built from a dict of columns copies them all into one block, and ``insert``
+        copies what it inserts: at millions of rows those copies cost as much as the rates.
+        """
+        first = pd.DataFrame({name: values.array if isinstance(values, pd.Series) else values
+                              for name, values in leading.items()}, copy=False)
+        return pd.concat([first, pd.DataFrame(self.values.T, columns=self.names, copy=False)], axis=1)

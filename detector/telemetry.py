@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import (TIME, block_frame, counter_rates, distinct_rows, factorize_runs, group_codes, in_order,
+from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, group_codes, in_order,
                             map_keys, row_sums, utc_times)
 
 
@@ -241,50 +241,43 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
         frame, series=[SWITCH_TAG, name_tag], counters=[*INTERFACE_COUNTERS, *vendor], gauges=INTERFACE_GAUGES,
         source=f"measurement '{INTERFACE}'",
     )
-    def column(*names: str) -> np.ndarray:
-        """The first of these rate columns, filled from the next where a port lacks it."""
-        return _first_present(rates, names)
-
-    return block_frame({"time": rates[TIME], "agent_host": _as_str(rates[SWITCH_TAG]), "port": _as_str(rates[name_tag])}, {
-        "interval_s": rates["interval_s"].to_numpy(),
-        "in_bps": column("ifHCInOctets", "ifInOctets") * 8,
-        "out_bps": column("ifHCOutOctets", "ifOutOctets") * 8,
-        "in_pps": column("ifHCInUcastPkts"),
-        "out_pps": column("ifHCOutUcastPkts"),
-        "discards_in": column("ifInDiscards"),
-        "discards_out": column("ifOutDiscards"),
-        "errors_in": column("ifInErrors"),
-        "errors_out": column("ifOutErrors"),
-        "speed_bps": column("ifHighSpeed") * 1e6,
-        "oper_status": column("ifOperStatus"),
-        "queue_drops": row_sums(rates, [name for name in vendor if SWITCH_QUEUE_DROPS.match(name)]),
-        "pauses_out": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["out"]),
-        "pauses_in": _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["in"]),
-        "tx_wait": column(SWITCH_TX_WAIT) / 1e6,
-    })
+    block = FloatBlock(columns[3:], len(rates))
+    block["interval_s"] = rates["interval_s"].to_numpy()
+    for name, sources in {"in_bps": ("ifHCInOctets", "ifInOctets"), "out_bps": ("ifHCOutOctets", "ifOutOctets"),
+                          "in_pps": ("ifHCInUcastPkts",), "out_pps": ("ifHCOutUcastPkts",),
+                          "discards_in": ("ifInDiscards",), "discards_out": ("ifOutDiscards",),
+                          "errors_in": ("ifInErrors",), "errors_out": ("ifOutErrors",),
+                          "speed_bps": ("ifHighSpeed",), "oper_status": ("ifOperStatus",),
+                          "tx_wait": (SWITCH_TX_WAIT,)}.items():
+        _first_present(rates, sources, out=block[name])
+    block["in_bps"] *= 8
+    block["out_bps"] *= 8
+    block["speed_bps"] *= 1e6
+    block["tx_wait"] /= 1e6
+    row_sums(rates, [name for name in vendor if SWITCH_QUEUE_DROPS.match(name)], out=block["queue_drops"])
+    _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["out"], out=block["pauses_out"])
+    _first_family(rates, vendor, SWITCH_PAUSE_FAMILIES["in"], out=block["pauses_in"])
+    return block.frame({"time": rates[TIME], "agent_host": _as_str(rates[SWITCH_TAG]), "port": _as_str(rates[name_tag])})
 
 
-def _first_present(rates: pd.DataFrame, names: Iterable[str]) -> np.ndarray:
-    """Per row, the first of these columns that has a value there (NaN where none has)."""
-    result = np.full(len(rates), np.nan)
+def _first_present(rates: pd.DataFrame, names: Iterable[str], out: np.ndarray) -> None:
+    """Into ``out``, per row the first of these columns that has a value there (NaN where none has)."""
+    out[:] = np.nan
     for name in names:
         if name in rates.columns:
-            values = rates[name].to_numpy(dtype=float)
-            result = np.where(np.isnan(result), values, result)
-    return result
+            np.copyto(out, rates[name].to_numpy(dtype=float), where=np.isnan(out))
 
 
 def _as_str(tags: pd.Series) -> pd.Series:
     return tags if tags.dtype == "str" else tags.astype(str)
 
 
-def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...]) -> np.ndarray:
-    """Per row, the sum of the first family of counters that has a value there."""
-    result = np.full(len(rates), np.nan)
+def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...],
+                  out: np.ndarray) -> None:
+    """Into ``out``, per row the sum of the first family of counters that has a value there."""
+    out[:] = np.nan
     for family in families:
-        sums = row_sums(rates, [name for name in names if family.match(name)])
-        result = np.where(np.isnan(result), sums, result)
-    return result
+        np.copyto(out, row_sums(rates, [name for name in names if family.match(name)]), where=np.isnan(out))
 
 
 def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -299,13 +292,16 @@ def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     rates = counter_rates(
         frame, series=["host", "device", "port"], counters=NIC_COUNTERS, source=f"measurement '{INFINIBAND}'",
     )
-    numeric = {"interval_s": rates["interval_s"].to_numpy(),
-               "tx_bytes": _first_present(rates, ("port_xmit_data_64", "port_xmit_data")) * 4,
-               "rx_bytes": _first_present(rates, ("port_rcv_data_64", "port_rcv_data")) * 4}
+    block = FloatBlock(columns[5:], len(rates))
+    block["interval_s"] = rates["interval_s"].to_numpy()
+    _first_present(rates, ("port_xmit_data_64", "port_xmit_data"), out=block["tx_bytes"])
+    _first_present(rates, ("port_rcv_data_64", "port_rcv_data"), out=block["rx_bytes"])
+    block["tx_bytes"] *= 4  # the data counters count 4-byte words
+    block["rx_bytes"] *= 4
     for name in (*NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS):
-        numeric[name] = rates[name].to_numpy(dtype=float) if name in rates.columns else np.full(len(rates), np.nan)
-    out = block_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "device": _as_str(rates["device"]),
-                       "port": _as_str(rates["port"])}, numeric)
+        block[name] = rates[name].to_numpy(dtype=float) if name in rates.columns else np.nan
+    out = block.frame({"time": rates[TIME], "host": _as_str(rates["host"]), "device": _as_str(rates["device"]),
+                       "port": _as_str(rates["port"])})
     netdevs = _last_tag(frame, ["host", "device", "port"], "netdev")
     out.insert(5, "netdev", map_keys([out["host"], out["device"], out["port"]], lambda *key: netdevs.get(key)))
     return out
@@ -325,16 +321,16 @@ def _pause_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     byte_fields = [name for names in ETHTOOL_BYTES.values() for name in names if name in frame.columns]
     counters = [*pause_fields, *byte_fields]
     rates = counter_rates(frame, series=["host", "interface"], counters=counters, source=f"measurement '{ETHTOOL}'")
-    numeric = {"interval_s": rates["interval_s"].to_numpy()}
+    block = FloatBlock(["interval_s", "pause_rx", "pause_rx_us", "pause_tx", "pause_tx_us", *ETHTOOL_BYTES], len(rates))
+    block["interval_s"] = rates["interval_s"].to_numpy()
     for direction in ("rx", "tx"):
         frame_fields = [n for n in pause_fields if n.startswith(direction) and not n.endswith("_duration")]
         duration_fields = [n for n in pause_fields if n.startswith(direction) and n.endswith("_duration")]
-        numeric[f"pause_{direction}"] = row_sums(rates, frame_fields)
-        numeric[f"pause_{direction}_us"] = row_sums(rates, duration_fields)
+        row_sums(rates, frame_fields, out=block[f"pause_{direction}"])
+        row_sums(rates, duration_fields, out=block[f"pause_{direction}_us"])
     for name, sources in ETHTOOL_BYTES.items():
-        numeric[name] = _first_present(rates, sources)
-    return block_frame({"time": rates[TIME], "host": _as_str(rates["host"]), "netdev": _as_str(rates["interface"])},
-                       numeric)
+        _first_present(rates, sources, out=block[name])
+    return block.frame({"time": rates[TIME], "host": _as_str(rates["host"]), "netdev": _as_str(rates["interface"])})
 
 
 def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
