@@ -31,7 +31,7 @@ from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute
 from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
-from detector.heap import large_blocks_from_heap, release_free_heap
+from detector.heap import large_blocks_from_heap, large_blocks_mapped, release_free_heap
 from detector.jobs import Allocation
 from detector.pricing import Prices
 from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
@@ -115,7 +115,8 @@ class StoreFrames(Mapping[str, pd.DataFrame]):
         if measurement not in MEASUREMENTS:
             raise KeyError(measurement)
         fields = used_fields(measurement, self._names) if self._names is not None else None
-        frame = self.store.read(measurement, self.start, self.end + pd.Timedelta(1, "ns"), fields=fields or None)
+        with large_blocks_mapped():  # what a store keeps from a read must not pin the heap (detector.heap)
+            frame = self.store.read(measurement, self.start, self.end + pd.Timedelta(1, "ns"), fields=fields or None)
         if frame.empty:
             raise KeyError(measurement)
         return frame
@@ -238,15 +239,16 @@ def detect_store(
     step_s = settings.step_s
     parts = []
     for done, (window_start, window_end) in enumerate(bounds, start=1):
-        telemetry = _window_telemetry(store, window_start - context, window_end,
-                                      step_s if step_s is not None else settings.step_s)
-        if telemetry is not None:
-            step_s = telemetry.step_s
-            allocated = _overlapping(allocations, window_start - context, window_end)
-            with large_blocks_from_heap():
+        with large_blocks_from_heap():
+            telemetry = _window_telemetry(store, window_start - context, window_end,
+                                          step_s if step_s is not None else settings.step_s)
+            release_free_heap()
+            if telemetry is not None:
+                step_s = telemetry.step_s
+                allocated = _overlapping(allocations, window_start - context, window_end)
                 parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
                                               windows.min_link_score))
-            del telemetry
+                del telemetry
         release_free_heap()  # what a window freed goes back before the next, so the peak is one window's
         if progress:
             progress(done, len(bounds))

@@ -13,7 +13,9 @@ _M_MMAP_THRESHOLD = -3
 _LARGEST_HEAP_BLOCK = 2**31 - 1
 """mallopt takes an int: blocks up to 2 GiB come from the heap."""
 _SETTLED_THRESHOLD = 32 * 2**20
-"""The most glibc's dynamic threshold rises to on 64-bit systems."""
+"""Where glibc's own threshold settles on 64-bit systems (it starts at 128 KiB and rises to this)."""
+_served_from_heap: int | None = None
+"""Inside a large_blocks_from_heap block, the size blocks come from the heap up to; else None."""
 
 
 def release_free_heap() -> None:
@@ -34,19 +36,41 @@ def large_blocks_from_heap() -> Iterator[None]:
     """Within the block, serve large blocks (up to 2 GiB) from the heap instead of mapping each anew.
 
     Under glibc's defaults every block over 32 MiB is a fresh mapping, unmapped when
-    freed, so the kernel zeroes every page of every large array: deciding a window
-    allocates several times its live memory in such arrays, and zeroing took 40% of
-    its CPU time. From the heap, an array freed within the block lends its pages to
-    the next one. Afterwards blocks over 32 MiB are mapped again (where glibc's own
-    threshold settles), so what lives on, such as a store read's frames, does not
-    pin the heap's top; ``release_free_heap`` returns what the block freed.
-    Process-wide: the caller runs nothing else meanwhile.
+    freed, so the kernel zeroes every page of every large array: a window's rates and
+    decisions allocate several times their live memory in such arrays, and zeroing took
+    40% of the CPU time. From the heap, an array freed within the block lends its pages
+    to the next one; ``release_free_heap`` returns what the block freed. Process-wide:
+    the caller runs nothing else meanwhile.
     """
-    if _MALLOPT is None:
+    with _served_from_heap_up_to(_LARGEST_HEAP_BLOCK):
+        yield
+
+
+@contextmanager
+def large_blocks_mapped() -> Iterator[None]:
+    """Within a :func:`large_blocks_from_heap` block, map blocks over 32 MiB anew again.
+
+    For allocations that may outlive the heap block, such as what a store keeps from a
+    read: from the heap they would pin its top and hold freed pages below them.
+    Elsewhere glibc maps such blocks anyway and nothing changes.
+    """
+    if _served_from_heap is None:
         yield
         return
-    _MALLOPT(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK)
+    with _served_from_heap_up_to(None):
+        yield
+
+
+@contextmanager
+def _served_from_heap_up_to(threshold: int | None) -> Iterator[None]:
+    global _served_from_heap
+    previous = _served_from_heap
+    _served_from_heap = threshold
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, threshold or _SETTLED_THRESHOLD)
     try:
         yield
     finally:
-        _MALLOPT(_M_MMAP_THRESHOLD, _SETTLED_THRESHOLD)
+        _served_from_heap = previous
+        if _MALLOPT is not None:
+            _MALLOPT(_M_MMAP_THRESHOLD, previous or _SETTLED_THRESHOLD)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from detector.heap import large_blocks_from_heap, release_free_heap
+
+from detector.heap import large_blocks_from_heap, large_blocks_mapped, release_free_heap
 
 
 def _in_heap(array: np.ndarray) -> bool:
@@ -24,7 +25,11 @@ def test_large_arrays_come_from_the_heap_only_inside_the_block():
     with large_blocks_from_heap():
         inside = np.empty(size)
         assert _in_heap(inside)
-    del inside
+        with large_blocks_mapped():
+            kept = np.empty(size)
+            assert not _in_heap(kept)
+        assert _in_heap(np.empty(size))
+    del inside, kept
     release_free_heap()
     after = np.empty(size)
     assert not _in_heap(after)
