@@ -242,7 +242,7 @@ def detect_store(
         with large_blocks_from_heap():
             telemetry = _window_telemetry(store, window_start - context, window_end,
                                           step_s if step_s is not None else settings.step_s)
-            release_free_heap()
+            release_free_heap()  # the rates' freed temporaries must not stay resident through the decisions
             if telemetry is not None:
                 step_s = telemetry.step_s
                 allocated = _overlapping(allocations, window_start - context, window_end)
