@@ -14,8 +14,8 @@ _LARGEST_HEAP_BLOCK = 2**31 - 1
 """mallopt takes an int: blocks up to 2 GiB come from the heap."""
 _SETTLED_THRESHOLD = 32 * 2**20
 """Where glibc's own threshold settles on 64-bit systems (it starts at 128 KiB and rises to this)."""
-_served_from_heap: int | None = None
-"""Inside a large_blocks_from_heap block, the size blocks come from the heap up to; else None."""
+_large_blocks_in_heap = False
+"""Whether a large_blocks_from_heap block is running (and no large_blocks_mapped block inside it)."""
 
 
 def release_free_heap() -> None:
@@ -42,7 +42,7 @@ def large_blocks_from_heap() -> Iterator[None]:
     to the next one; ``release_free_heap`` returns what the block freed. Process-wide:
     the caller runs nothing else meanwhile.
     """
-    with _served_from_heap_up_to(_LARGEST_HEAP_BLOCK):
+    with _large_blocks(in_heap=True):
         yield
 
 
@@ -54,23 +54,25 @@ def large_blocks_mapped() -> Iterator[None]:
     read: from the heap they would pin its top and hold freed pages below them.
     Elsewhere glibc maps such blocks anyway and nothing changes.
     """
-    if _served_from_heap is None:
+    if not _large_blocks_in_heap:
         yield
         return
-    with _served_from_heap_up_to(None):
+    with _large_blocks(in_heap=False):
         yield
 
 
 @contextmanager
-def _served_from_heap_up_to(threshold: int | None) -> Iterator[None]:
-    global _served_from_heap
-    previous = _served_from_heap
-    _served_from_heap = threshold
-    if _MALLOPT is not None:
-        _MALLOPT(_M_MMAP_THRESHOLD, threshold or _SETTLED_THRESHOLD)
+def _large_blocks(in_heap: bool) -> Iterator[None]:
+    previous = _large_blocks_in_heap
+    _set_large_blocks(in_heap)
     try:
         yield
     finally:
-        _served_from_heap = previous
-        if _MALLOPT is not None:
-            _MALLOPT(_M_MMAP_THRESHOLD, previous or _SETTLED_THRESHOLD)
+        _set_large_blocks(previous)
+
+
+def _set_large_blocks(in_heap: bool) -> None:
+    global _large_blocks_in_heap
+    _large_blocks_in_heap = in_heap
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK if in_heap else _SETTLED_THRESHOLD)

@@ -75,6 +75,14 @@ vendor has them, else port pause counters, else EtherLike-MIB's (64-bit, then 32
 family a port reports is used: they count the same frames again."""
 SWITCH_TX_WAIT = "mellanoxQoSPortTxWaitMicroseconds"
 """Microseconds a port had data to send and could not (Onyx): the switch's own port_xmit_wait."""
+PORT_COLUMN_SOURCES = {
+    "in_bps": ("ifHCInOctets", "ifInOctets"), "out_bps": ("ifHCOutOctets", "ifOutOctets"),
+    "in_pps": ("ifHCInUcastPkts",), "out_pps": ("ifHCOutUcastPkts",),
+    "discards_in": ("ifInDiscards",), "discards_out": ("ifOutDiscards",),
+    "errors_in": ("ifInErrors",), "errors_out": ("ifOutErrors",),
+    "speed_bps": ("ifHighSpeed",), "oper_status": ("ifOperStatus",), "tx_wait": (SWITCH_TX_WAIT,),
+}
+"""Port columns taken from the first of these rates a port has (octets and speed scaled afterwards)."""
 
 NIC_TRAFFIC = ("port_xmit_data", "port_rcv_data", "port_xmit_data_64", "port_rcv_data_64")
 """4-byte words (sysfs), whatever the lane count."""
@@ -243,12 +251,7 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     )
     block = FloatBlock(columns[3:], len(rates))
     block["interval_s"] = rates["interval_s"].to_numpy()
-    for name, sources in {"in_bps": ("ifHCInOctets", "ifInOctets"), "out_bps": ("ifHCOutOctets", "ifOutOctets"),
-                          "in_pps": ("ifHCInUcastPkts",), "out_pps": ("ifHCOutUcastPkts",),
-                          "discards_in": ("ifInDiscards",), "discards_out": ("ifOutDiscards",),
-                          "errors_in": ("ifInErrors",), "errors_out": ("ifOutErrors",),
-                          "speed_bps": ("ifHighSpeed",), "oper_status": ("ifOperStatus",),
-                          "tx_wait": (SWITCH_TX_WAIT,)}.items():
+    for name, sources in PORT_COLUMN_SOURCES.items():
         _first_present(rates, sources, out=block[name])
     block["in_bps"] *= 8
     block["out_bps"] *= 8

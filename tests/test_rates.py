@@ -225,7 +225,6 @@ def test_factorize_runs_gives_pandas_codes_and_uniques_whatever_the_order():
     np.testing.assert_array_equal(factorize_runs(masked)[0], pd.factorize(masked)[0])
 
 
-
 def test_factorize_runs_compares_equal_values_that_are_distinct_objects():
     # Tags parsed per row (a JSON or CSV reply) are equal strings in distinct objects, NaNs too.
     spelled = ["".join(["sw", "p1"]), "".join(["sw", "p1"]), "swp2", float("nan"), float("nan"), "swp2"]
@@ -236,6 +235,7 @@ def test_factorize_runs_compares_equal_values_that_are_distinct_objects():
         want_codes, want_uniques = pd.factorize(values, use_na_sentinel=sentinel)
         np.testing.assert_array_equal(codes, want_codes)
         assert list(pd.Series(uniques).fillna("missing")) == list(pd.Series(want_uniques).fillna("missing"))
+
 
 def test_group_codes_number_groups_like_a_groupby():
     frame = pd.DataFrame({"agent_host": ["a", "a", "a", "b", "b", "a", None, None, "a"],
