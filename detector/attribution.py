@@ -68,6 +68,7 @@ from threadpoolctl import ThreadpoolController
 
 from detector.congestion import Congestion
 from detector.jobs import Allocation
+from detector.rates import grid_codes, grid_step_ns, index_runs, utc_times
 from detector.telemetry import Telemetry
 from detector.topology import Topology
 
@@ -161,7 +162,7 @@ def attribute(
     members = job_members(allocations)
     jobs = pd.Index(sorted(set(members["job"])))
     hosts = pd.Index(sorted(set(members["host"])))
-    samples, times = _job_samples(telemetry.gpus, members, jobs, hosts)
+    samples, times = _job_samples(telemetry.gpus, members, jobs, hosts, grid_step_ns(telemetry.step_s))
     if samples.empty:
         return Attribution(pd.DataFrame(columns=INTERVAL_COLUMNS), {})
     member_job, member_host = jobs.get_indexer(members["job"]), hosts.get_indexer(members["host"])
@@ -198,7 +199,7 @@ INTERVAL_COLUMNS = [
 
 
 def _job_samples(
-    gpus: pd.DataFrame, members: pd.DataFrame, jobs: pd.Index, hosts: pd.Index,
+    gpus: pd.DataFrame, members: pd.DataFrame, jobs: pd.Index, hosts: pd.Index, step_ns: int,
 ) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
     """The GPU samples inside a job's span, each (job, GPU, time) once, by job and then in the order of ``gpus``.
 
@@ -209,7 +210,8 @@ def _job_samples(
     """
     if gpus.empty or members.empty:
         return pd.DataFrame(), pd.DatetimeIndex([])
-    time, times = pd.factorize(gpus["time"], sort=True)
+    time, stamps = grid_codes(pd.DatetimeIndex(gpus["time"]).as_unit("ns").asi8, step_ns)
+    times = utc_times(stamps)
     low, high = int(members["gpu"].min()), int(members["gpu"].max())
     width = high - low + 1
     member_gpu = hosts.get_indexer(members["host"]) * width + (members["gpu"].to_numpy() - low)
@@ -224,7 +226,8 @@ def _job_samples(
     sample, member = sample[inside], member[inside]
     job = jobs.get_indexer(members["job"])[member]
     # A job may list a GPU twice over a time: keep one sample per (job, GPU, time), taken as one integer.
-    kept = np.flatnonzero(~pd.Series((sample_gpu[sample] * len(times) + time[sample]) * len(jobs) + job).duplicated())
+    cell = sample_gpu[sample] * len(times) + time[sample]
+    kept = np.arange(len(cell)) if _distinct(cell) else np.flatnonzero(~pd.Series(cell * len(jobs) + job).duplicated())
     kept = kept[np.argsort(job[kept], kind="stable")]
     sample = sample[kept]
     return pd.DataFrame({
@@ -232,6 +235,20 @@ def _job_samples(
         "busy": gpus["busy"].to_numpy(dtype=float)[sample], "kernel": gpus["kernel"].to_numpy(dtype=float)[sample],
         "power_w": gpus["power_w"].to_numpy(dtype=float)[sample], "sample": sample,
     }), times
+
+
+def _distinct(codes: np.ndarray) -> bool:
+    """Whether no code repeats, told by a mark per code on a table as long as their range (no hash table).
+
+    False also where the range is too wide for that: the caller then hashes them.
+    """
+    if not len(codes):
+        return True
+    if codes.min() < 0 or codes.max() >= 4 * len(codes):
+        return False
+    seen = np.zeros(int(codes.max()) + 1, dtype=bool)
+    seen[codes] = True
+    return np.count_nonzero(seen) == len(codes)
 
 
 def _nanoseconds(times: pd.Series) -> np.ndarray:
@@ -329,7 +346,9 @@ class _LinkScores:
     @staticmethod
     def of(scores: pd.DataFrame, times: pd.DatetimeIndex, links: pd.Index, hosts: pd.Index,
            topology: Topology) -> _LinkScores:
-        time, link = times.get_indexer(scores["time"]), links.get_indexer(scores["link"])
+        stamps = pd.DatetimeIndex(scores["time"]).as_unit("ns").asi8
+        time = index_runs(pd.Index(times.as_unit("ns").asi8), stamps)
+        link = links.get_indexer(scores["link"])
         placed = (time >= 0) & (link >= 0)
         matrices = []
         for column in ("score", "local_score"):

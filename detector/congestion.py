@@ -43,8 +43,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, FloatBlock, distinct_rows, factorize_runs, map_keys, map_series,
-                            row_sums)
+from detector.rates import (DistinctKeys, FloatBlock, distinct_rows, factorize_runs, grid_codes, grid_step_ns, map_keys,
+                            map_series, row_sums)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -263,7 +263,7 @@ def link_congestion(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-sums") as pool:
         host_pause = pool.submit(_host_pause, pauses, ports, facing_host)
         traffic = pool.submit(_host_traffic, telemetry, ports, facing_host)
-        grid = _EvidenceGrid([frame for frame, _ in parts])
+        grid = _EvidenceGrid([frame for frame, _ in parts], grid_step_ns(telemetry.step_s))
         if grid.has_duplicates():
             frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
             scores = _link_scores(frame)
@@ -284,7 +284,7 @@ class _EvidenceGrid:
     those groupbys (tests/test_detector.py), scores in (time, link) order.
     """
 
-    def __init__(self, frames: list[pd.DataFrame]) -> None:
+    def __init__(self, frames: list[pd.DataFrame], step_ns: int) -> None:
         times = [_time_ns(frame) for frame in frames]
         links = [frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object)
                  for frame in frames]
@@ -294,9 +294,8 @@ class _EvidenceGrid:
         rank = np.empty(len(by_name), dtype=np.int64)
         rank[by_name] = np.arange(len(by_name))
         link_codes = rank[link_codes] if len(link_codes) else link_codes.astype(np.int64)
-        time_codes, time_values = pd.factorize(np.concatenate(times), sort=True)
+        time_codes, self.time_values = grid_codes(np.concatenate(times), step_ns)
         self.link_names = np.asarray(link_names, dtype=object)[by_name]
-        self.time_values = np.asarray(time_values, dtype=np.int64)
         self.times = pd.DatetimeIndex(self.time_values.view("datetime64[ns]")).tz_localize("UTC").array
         self.n_links = len(self.link_names)
         bounds = np.cumsum([0, *(len(t) for t in times)])
@@ -366,21 +365,25 @@ class _EvidenceGrid:
     def _link_scores(self, scores: _ScoreGrid, names: list[str]) -> pd.DataFrame:
         """Per (time, link) with a score: the highest, its signal (the first among equals), the highest per kind."""
         n_times = len(self.time_values)
-        by_time = scores.present().reshape(self.n_links, n_times).T.ravel()
-        present = np.flatnonzero(by_time)  # (time, link) order: time * n_links + link
-        if not len(present):
+
+        def by_time(grid: np.ndarray) -> np.ndarray:
+            """The grid's link-major cells as a (time, link) view: its rows come out in (time, link) order."""
+            return grid.reshape(self.n_links, n_times).T
+
+        present = by_time(scores.present())
+        count = np.count_nonzero(present, axis=1)
+        if not count.sum():
             return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
-        time, link = present // self.n_links, present % self.n_links
-        del present
-        cell = link * n_times + time
-        block = FloatBlock(["score", "local_score", "path_score"], len(cell))
+        block = FloatBlock(["score", "local_score", "path_score"], int(count.sum()))
         for name, grid in (("score", scores.best), ("local_score", scores.worst[LOCAL]),
                            ("path_score", scores.worst[PATH])):
-            np.take(grid, cell, out=block[name])
+            block[name] = by_time(grid)[present]
         kinds = block.values[1:]
         kinds[np.isneginf(kinds)] = 0.0  # no signal of that kind scored the cell
+        time = np.repeat(np.arange(n_times), count)
+        link = np.broadcast_to(np.arange(self.n_links), present.shape)[present]
         frame = block.frame({"time": self.times.take(time), "link": _strings(self.link_names, link)})
-        frame["top_signal"] = _strings(names, scores.top[cell])
+        frame["top_signal"] = _strings(names, by_time(scores.top)[present])
         return frame
 
 
@@ -520,13 +523,20 @@ def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[s
     if nics.empty:
         return nics.assign(link=pd.Series(dtype=str))
     links = topology.nic_links()
-    mapped = pd.Series(map_keys([nics["host"], nics["device"]], lambda *key: links.get(key)), index=nics.index,
-                       dtype=object)
-    unplaced = distinct_rows(nics.loc[mapped.isna().to_numpy(), ["host", "device"]])
-    missing = {f"{host}/{device}" for host, device in unplaced.itertuples(index=False)}
+    keys = DistinctKeys([nics["host"], nics["device"]])
+    placed = [links.get(key) for key in keys.keys]
+    missing = {f"{host}/{device}" for (host, device), link in zip(keys.keys, placed) if link is None}
     if missing:
         unmapped["infiniband"] = missing
-    return nics.assign(link=mapped).dropna(subset=["link"])
+    mapped = pd.Series(keys.map(lambda *key: links.get(key)), index=nics.index, dtype=object)
+    return _placed_rows(nics.assign(link=mapped), keys, placed)
+
+
+def _placed_rows(frame: pd.DataFrame, keys: DistinctKeys, placed: list) -> pd.DataFrame:
+    """``frame.dropna(subset=["link"])`` from the keys' links (None: not placed), without testing every row."""
+    if all(link is not None for link in placed):
+        return frame
+    return frame[np.array([link is not None for link in placed], dtype=bool)[keys.inverse]]
 
 
 def _netdev_nics(topology: Topology, nics: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -534,7 +544,7 @@ def _netdev_nics(topology: Topology, nics: pd.DataFrame) -> dict[tuple[str, str]
     found = {(nic.host, nic.netdev): nic.device for host in topology.hosts.values()
              for nic in host.nics.values() if nic.netdev}
     if not nics.empty:
-        known = distinct_rows(nics[["host", "device", "netdev"]].dropna())
+        known = distinct_rows(nics[["host", "device", "netdev"]]).dropna()
         for host, device, netdev in known.itertuples(index=False):
             found.setdefault((host, netdev), device)
     return found
@@ -556,13 +566,13 @@ def _pause_links(
         return device, links.get((host, device)) if device else None
 
     keys = DistinctKeys([pauses["host"], pauses["netdev"]])
-    devices = keys.map(lambda host, netdev: place(host, netdev)[0])
-    mapped = keys.map(lambda host, netdev: place(host, netdev)[1])
-    unplaced = distinct_rows(pauses.loc[pd.isna(mapped), ["host", "netdev"]])
-    missing = {f"{host}/{netdev}" for host, netdev in unplaced.itertuples(index=False)}
+    placed = [place(host, netdev)[1] for host, netdev in keys.keys]
+    missing = {f"{host}/{netdev}" for (host, netdev), link in zip(keys.keys, placed) if link is None}
     if missing:
         unmapped["ethtool"] = missing
-    return pauses.assign(device=devices, link=mapped).dropna(subset=["link"])
+    devices = keys.map(lambda host, netdev: place(host, netdev)[0])
+    mapped = keys.map(lambda host, netdev: place(host, netdev)[1])
+    return _placed_rows(pauses.assign(device=devices, link=mapped), keys, placed)
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:

@@ -144,15 +144,17 @@ def counter_rates(
     kept = np.flatnonzero(same_series)
     block = FloatBlock([INTERVAL, *counters, *gauges], len(kept))
     block[INTERVAL] = row_dt[kept]
-    dense_usable = None
+    dense_elapsed = None
     for name, column in values.items():
         if name in valid:
             span = _usable_spans(valid[name], times, epoch, max_gap_s)
             block[name] = _rate(len(column), increases.pop(name), span)[kept]
         else:
-            if dense_usable is None:
-                dense_usable = _dense_usable(same_series, row_dt, epoch, max_gap_s)
-            _dense_rate_into(increases.pop(name), row_dt, dense_usable, kept, block[name])
+            if dense_elapsed is None:
+                dense_elapsed = _dense_elapsed(same_series, row_dt, epoch, max_gap_s)[kept]
+            out = block[name]
+            np.take(increases.pop(name), kept, out=out)
+            out /= dense_elapsed
     for name in gauges:
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         block[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]
@@ -175,6 +177,34 @@ def in_order(*keys: np.ndarray) -> bool:
 def utc_times(ns: np.ndarray) -> pd.DatetimeIndex:
     """Nanoseconds since the epoch as UTC times: ``pd.to_datetime(ns, utc=True)`` without its per-value parse."""
     return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("datetime64[ns]")).tz_localize("UTC")
+
+
+def grid_step_ns(step_s: float) -> int:
+    """The grid's interval in whole nanoseconds: every grid time is a multiple of it."""
+    return int(round(step_s * 1e9))
+
+
+def grid_codes(ns: np.ndarray, step_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(ns, sort=True)`` of times on a grid of ``step_ns``: each time's code and the distinct times.
+
+    Grid times are whole multiples of the step, so a time's slot is arithmetic and the
+    distinct times are the occupied slots, in order: no hash table of millions of
+    entries. Times off the grid, or too sparse on it, are factorized by pandas (NaT's code: -1).
+    """
+    if len(ns) and step_ns > 0 and (low := ns.min()) != np.iinfo(np.int64).min:  # NaT: pandas' code -1
+        slots = ns - low
+        slots //= step_ns
+        span = int(slots.max()) + 1
+        on_grid = slots * step_ns
+        on_grid += low
+        if span <= 2 * len(ns) and np.array_equal(on_grid, ns):
+            del on_grid
+            occupied = np.zeros(span, dtype=bool)
+            occupied[slots] = True
+            times = low + step_ns * np.flatnonzero(occupied)
+            return (slots if len(times) == span else (np.cumsum(occupied) - 1)[slots]), times
+    codes, uniques = pd.factorize(np.asarray(ns, dtype=np.int64).view("datetime64[ns]"), sort=True)
+    return codes, np.asarray(uniques, dtype="datetime64[ns]").view(np.int64)
 
 
 def _time_ns(column: pd.Series, source: str) -> np.ndarray:
@@ -201,6 +231,15 @@ def factorize_runs(
     heads = values.iloc[starts] if isinstance(values, pd.Series) else values[starts]
     codes, uniques = pd.factorize(heads, sort=sort, use_na_sentinel=use_na_sentinel)
     return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
+
+
+def index_runs(index: pd.Index, values: np.ndarray) -> np.ndarray:
+    """``index.get_indexer(values)`` of values that come in runs of equal ones, looking up each run once."""
+    changes = _changes([values])
+    if changes is None:
+        return index.get_indexer(values)
+    starts = np.flatnonzero(np.concatenate(([True], changes)))
+    return np.repeat(index.get_indexer(values[starts]), np.diff(np.append(starts, len(values))))
 
 
 def distinct_rows(frame: pd.DataFrame, columns: Sequence[str] | None = None, keep: str = "first") -> pd.DataFrame:
@@ -250,15 +289,26 @@ def _object_changes(values: np.ndarray) -> np.ndarray:
     return changes
 
 
-def _group_key(columns: Sequence[pd.Series]) -> tuple[np.ndarray, pd.Index | np.ndarray, list]:
+def _group_key(columns: Sequence[pd.Series]) -> tuple[np.ndarray, np.ndarray, list]:
     """Per row its key's number (first appearance order), the distinct keys as combined codes, and per
-    column its ``factorize_runs`` codes and uniques (a combined code is ``((c0 * n1) + c1) * n2 + c2 ...``)."""
-    factorized = [factorize_runs(column, use_na_sentinel=False) for column in columns]
-    key = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64)
-    for codes, uniques in factorized:
+    column its distinct values (a combined code is ``((c0 * n1) + c1) * n2 + c2 ...`` of the columns'
+    ``pd.factorize`` codes).
+
+    Only the rows where any column's value changes are hashed and combined: a store read's
+    millions of rows have a few thousand such runs.
+    """
+    rows = len(columns[0]) if columns else 0
+    changes = _changes(columns)
+    starts = np.flatnonzero(np.concatenate(([True], changes))) if changes is not None else np.arange(rows)
+    key = np.zeros(len(starts), dtype=np.int64)
+    uniques_per_column = []
+    for column in columns:
+        heads = column.iloc[starts] if isinstance(column, pd.Series) else np.asarray(column)[starts]
+        codes, uniques = pd.factorize(heads, use_na_sentinel=False)
         key = key * len(uniques) + codes
-    codes, distinct = factorize_runs(key)
-    return codes, distinct, factorized
+        uniques_per_column.append(uniques)
+    head_codes, distinct = pd.factorize(key)
+    return np.repeat(head_codes, np.diff(np.append(starts, rows))), distinct, uniques_per_column
 
 
 def group_codes(columns: Sequence[pd.Series]) -> np.ndarray:
@@ -323,19 +373,15 @@ def _dense_increases(column: np.ndarray, same_series: np.ndarray, is_counter32: 
     return delta, went_down
 
 
-def _dense_usable(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarray, max_gap_s: float) -> np.ndarray:
-    """:func:`_usable_spans` for columns with a value in every row, as a mask over rows."""
+def _dense_elapsed(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarray, max_gap_s: float) -> np.ndarray:
+    """Per row, the seconds a dense counter's increase there spans (:func:`_usable_spans`), NaN where it makes no rate.
+
+    Dividing an increase by it gives the rate, and NaN where the interval is dropped, in one pass per counter.
+    """
     same_epoch = np.zeros(len(epoch), dtype=bool)
     same_epoch[1:] = epoch[1:] == epoch[:-1]
-    return same_series & same_epoch & (row_dt > 0) & (row_dt <= max_gap_s)
-
-
-def _dense_rate_into(increase: np.ndarray, row_dt: np.ndarray, usable: np.ndarray, kept: np.ndarray,
-                     out: np.ndarray) -> None:
-    """``increase / row_dt`` at the ``kept`` rows into ``out`` (NaN where not ``usable``); ``increase`` is overwritten."""
-    np.divide(increase, row_dt, out=increase, where=usable)
-    increase[~usable] = np.nan
-    np.take(increase, kept, out=out)
+    usable = same_series & same_epoch & (row_dt > 0) & (row_dt <= max_gap_s)
+    return np.where(usable, row_dt, np.nan)
 
 
 def _uptime_went_back(uptime: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -387,11 +433,11 @@ class DistinctKeys:
     """
 
     def __init__(self, columns: Sequence[pd.Series]) -> None:
-        self.inverse, distinct, factorized = _group_key(columns)
+        self.inverse, distinct, uniques_per_column = _group_key(columns)
         self.keys: list[tuple] = []
         for combined in distinct.tolist():
             parts = []
-            for _, uniques in reversed(factorized):
+            for uniques in reversed(uniques_per_column):
                 combined, code = divmod(combined, len(uniques))
                 parts.append(uniques[code])
             self.keys.append(tuple(reversed(parts)))
@@ -423,17 +469,23 @@ def row_sums(frame: pd.DataFrame, names: Sequence[str], out: np.ndarray | None =
 
     The numbers of ``frame[names].sum(axis=1, min_count=1)`` to the last bit (a sum starts
     from +0.0 and adds the columns in order), without copying the columns into a block.
-    Written into ``out`` where given.
+    Written into ``out`` where given. A column with a value in every row is added whole.
     """
     total = np.zeros(len(frame)) if out is None else out
     total[:] = 0.0
-    seen = np.zeros(len(frame), dtype=bool)
+    unseen = np.ones(len(frame), dtype=bool)  # rows no column had a value in so far; None: there are none
     for name in names:
         values = frame[name].to_numpy(dtype=float)
-        has = ~np.isnan(values)
-        np.add(total, values, out=total, where=has)
-        seen |= has
-    total[~seen] = np.nan
+        missing = np.isnan(values)
+        if missing.any():
+            np.add(total, values, out=total, where=~missing)
+            if unseen is not None:
+                unseen &= missing
+        else:
+            total += values
+            unseen = None
+    if unseen is not None:
+        total[unseen] = np.nan
     return total
 
 

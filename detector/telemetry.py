@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, group_codes, in_order,
-                            map_keys, row_sums, utc_times)
+from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, grid_step_ns, group_codes,
+                            in_order, map_keys, row_sums, utc_times)
 
 
 class TelemetryError(ValueError):
@@ -204,7 +204,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     covered = frame["interval_s"].to_numpy(dtype=float)
     covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
     bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
-    frame = frame.assign(**{TIME: utc_times(bins * int(round(step_ns)))})
+    frame = frame.assign(**{TIME: utc_times(bins * grid_step_ns(step_s))})
     if not _has_duplicate_cells(frame, keys, bins):
         return frame.reset_index(drop=True)
     numeric = [c for c in frame.columns
@@ -265,10 +265,25 @@ def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
 
 def _first_present(rates: pd.DataFrame, names: Iterable[str], out: np.ndarray) -> None:
     """Into ``out``, per row the first of these columns that has a value there (NaN where none has)."""
-    out[:] = np.nan
-    for name in names:
-        if name in rates.columns:
-            np.copyto(out, rates[name].to_numpy(dtype=float), where=np.isnan(out))
+    _fill_gaps(out, (rates[name].to_numpy(dtype=float) for name in names if name in rates.columns))
+
+
+def _fill_gaps(out: np.ndarray, candidates: Iterable[np.ndarray]) -> None:
+    """Into ``out``, per row the first candidate's value that is not NaN (NaN where none is).
+
+    Candidates are taken one at a time, and no more once every row has a value.
+    """
+    gaps = None
+    for values in candidates:
+        if gaps is None:
+            out[:] = values
+        else:
+            np.copyto(out, values, where=gaps)
+        gaps = np.isnan(out)
+        if not gaps.any():
+            return
+    if gaps is None:
+        out[:] = np.nan
 
 
 def _as_str(tags: pd.Series) -> pd.Series:
@@ -278,9 +293,8 @@ def _as_str(tags: pd.Series) -> pd.Series:
 def _first_family(rates: pd.DataFrame, names: list[str], families: tuple[re.Pattern[str], ...],
                   out: np.ndarray) -> None:
     """Into ``out``, per row the sum of the first family of counters that has a value there."""
-    out[:] = np.nan
-    for family in families:
-        np.copyto(out, row_sums(rates, [name for name in names if family.match(name)]), where=np.isnan(out))
+    members = ([name for name in names if family.match(name)] for family in families)
+    _fill_gaps(out, (row_sums(rates, family) for family in members if family))
 
 
 def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -358,7 +372,10 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
     has_sm = pd.Series(False, index=frame.index)
     if "sm_active" in frame.columns:
         sm = pd.to_numeric(frame["sm_active"], errors="coerce")
-        has_sm = sm.notna().groupby([out["host"], out["gpu"]]).transform("any")
+        gpu_codes = group_codes([out["host"], out["gpu"]])
+        reports_sm = np.zeros(gpu_codes.max() + 1, dtype=bool)
+        reports_sm[gpu_codes[sm.notna().to_numpy()]] = True
+        has_sm = pd.Series(reports_sm[gpu_codes], index=frame.index)
         out.loc[has_sm, "busy"] = sm[has_sm]
         out.loc[has_sm, "busy_field"] = "sm_active"
     out["kernel"] = np.nan
