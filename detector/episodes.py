@@ -217,12 +217,19 @@ def _link_evidence(
     if seen.empty:
         seen = near[on_links & (near["score"] > 0)]
     items = []
-    for signal, rows in seen.groupby("signal"):
-        peak = rows.loc[rows["value"].idxmax()]
-        ranked = rows.groupby("link")["score"].max().sort_values(ascending=False)
+    names, value, normal, score = (seen[column].to_numpy() for column in ("signal", "value", "normal", "score"))
+    link_names = seen["link"].to_numpy(dtype=object)
+    for signal in sorted(set(names)):
+        rows = np.flatnonzero(names == signal)
+        peak = rows[np.nanargmax(value[rows])]
+        # Per link its highest score, links in name order, then the highest first (as a groupby's max sorted).
+        links_here, link = np.unique(link_names[rows], return_inverse=True)
+        highest = np.full(len(links_here), -np.inf)
+        np.maximum.at(highest, link, score[rows])
+        ranked = pd.Series(highest, index=links_here).sort_values(ascending=False)
         kind = signals.get(str(signal))
         items.append(Evidence(str(signal), kind.counters if kind else str(signal), kind.unit if kind else "",
-                              float(peak["value"]), float(peak["normal"]), float(rows["score"].max()),
+                              float(value[peak]), float(normal[peak]), float(np.max(score[rows])),
                               tuple(ranked.index[:8])))
     # What the first blamed link itself shows explains the blame best: it goes first.
     items.sort(key=lambda item: (links[0] not in item.links, -item.score))
