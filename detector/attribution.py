@@ -66,9 +66,9 @@ import pandas as pd
 from sklearn.linear_model import HuberRegressor
 from threadpoolctl import ThreadpoolController
 
-from detector.congestion import Congestion
+from detector.congestion import Congestion, FrameScores, GridScores
 from detector.jobs import Allocation
-from detector.rates import grid_codes, grid_step_ns, index_runs, utc_times
+from detector.rates import grid_codes, grid_step_ns, sorted_positions, utc_times
 from detector.telemetry import Telemetry
 from detector.topology import Topology
 
@@ -172,7 +172,7 @@ def attribute(
     links = pd.Index(sorted(set().union(*paths.values())))
     shared = _Shared(
         times.as_unit("ns").asi8, jobs, hosts, _allocated(members, member_job, len(jobs), times),
-        _LinkScores.of(congestion.scores, times, links, hosts, topology),
+        _LinkScores.of(congestion.link_scores, times, links, hosts, topology),
         _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
         telemetry.gpus["model"],
     )
@@ -272,14 +272,6 @@ def _spans(codes: np.ndarray) -> dict[int, slice]:
     return {int(codes[start]): slice(int(start), int(stop)) for start, stop in zip(starts, [*starts[1:], len(codes)])}
 
 
-def _positions(axis: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Each value's position in the sorted, distinct ``axis``, -1 where it is not there."""
-    if len(axis) == 0:
-        return np.full(len(values), -1)
-    at = np.minimum(np.searchsorted(axis, values), len(axis) - 1)
-    return np.where(axis[at] == values, at, -1)
-
-
 def _allocated(members: pd.DataFrame, member_job: np.ndarray, n_jobs: int, times: pd.DatetimeIndex) -> np.ndarray:
     """(job, time code): how many of the job's GPUs are allocated in the interval ending at that time.
 
@@ -344,17 +336,9 @@ class _LinkScores:
     local: np.ndarray
 
     @staticmethod
-    def of(scores: pd.DataFrame, times: pd.DatetimeIndex, links: pd.Index, hosts: pd.Index,
+    def of(scores: GridScores | FrameScores, times: pd.DatetimeIndex, links: pd.Index, hosts: pd.Index,
            topology: Topology) -> _LinkScores:
-        stamps = pd.DatetimeIndex(scores["time"]).as_unit("ns").asi8
-        time = index_runs(pd.Index(times.as_unit("ns").asi8), stamps)
-        link = links.get_indexer(scores["link"])
-        placed = (time >= 0) & (link >= 0)
-        matrices = []
-        for column in ("score", "local_score"):
-            matrix = np.full(len(times) * len(links), np.nan)
-            matrix[(time * len(links) + link)[placed]] = scores[column].to_numpy(dtype=float)[placed]
-            matrices.append(matrix.reshape(len(times), len(links)))
+        matrices = scores.matrices(times.as_unit("ns").asi8, links)
         host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
         faced = pd.Index([host_of_link.get(name) for name in links], dtype=object)
         return _LinkScores(links.to_numpy(), hosts.get_indexer(faced), *matrices)
@@ -558,7 +542,7 @@ def _fabric_score(path: _PathScores, hosts: np.ndarray, suspects: np.ndarray) ->
     fabric's; what is left says whether the fabric is in trouble on its own.
     ``suspects`` is (interval, host of ``hosts``).
     """
-    column = _positions(hosts, path.host)
+    column = sorted_positions(hosts, path.host)
     theirs = np.zeros(path.local.shape, dtype=bool)
     theirs[:, column >= 0] = suspects[:, column[column >= 0]]
     worst = np.fmax.reduce(np.where(theirs, np.nan, path.local), axis=1, initial=np.nan)

@@ -161,8 +161,7 @@ def decide_telemetry(
     losses = loss_rows(intervals)
     lossy = intervals[(intervals["network_fraction"] > 0) | (intervals["other_fraction"] > 0)]
 
-    scores = congestion.scores
-    scores = scores[(scores["time"] > start) & (scores["time"] <= end) & (scores["score"] >= min_link_score)]
+    scores = congestion.link_scores.frame(start, end, min_link_score)
     evidence = _evidence_for(congestion.evidence, losses[losses["cause"] == NETWORK])
     host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
     warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)

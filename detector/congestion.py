@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from detector.rates import (DistinctKeys, FloatBlock, distinct_rows, factorize_runs, grid_codes, grid_step_ns, map_keys,
-                            map_series, row_sums)
+                            map_series, row_sums, sorted_positions)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -108,8 +108,8 @@ NORMAL_QUANTILE = 0.25
 class Congestion:
     """Per-link and per-host congestion on the telemetry's grid."""
 
-    scores: pd.DataFrame
-    """time, link, score, local_score, path_score, top_signal: one row per link and interval."""
+    link_scores: GridScores | FrameScores
+    """Per link and interval with a score: the highest, its signal, the highest per kind (see ``scores``)."""
     evidence: Evidence | FrameEvidence
     """The evidence behind the scores, one entry per signal, link and interval (see ``signals``)."""
     host_pause: pd.DataFrame
@@ -118,6 +118,11 @@ class Congestion:
     """time, host, tx_bytes, rx_bytes (per second), from NIC counters, else ethtool, else its switch ports."""
     unmapped: dict[str, set[str]] = field(default_factory=dict)
     """Series the topology does not place (e.g. a NIC on a host it lacks), per measurement."""
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        """time, link, score, local_score, path_score, top_signal: one row per link and interval (built on each call)."""
+        return self.link_scores.frame()
 
     @property
     def signals(self) -> pd.DataFrame:
@@ -213,6 +218,109 @@ class FrameEvidence:
         return signals[keep & (signals["score"] > 0)].reset_index(drop=True)
 
 
+SCORE_COLUMNS = ["time", "link", "score", "local_score", "path_score", "top_signal"]
+
+
+class GridScores:
+    """The link scores on the (time, link) grid: per cell the highest score, its signal and the highest per kind.
+
+    A window of a large fabric has a score for every link and interval, tens of millions
+    of rows as a frame of times and strings; a batch window keeps the few above a
+    threshold (``frame`` with bounds) and attribution reads the jobs' links as matrices
+    (``matrices``), so the whole frame is built only where it is wanted.
+    """
+
+    def __init__(self, times: pd.api.extensions.ExtensionArray, time_values: np.ndarray, link_names: np.ndarray,
+                 grid: _ScoreGrid, names: list[str]) -> None:
+        self.times, self.time_values, self.link_names, self.names = times, time_values, link_names, names
+        shape = (len(link_names), len(time_values))
+        self.best, self.top = grid.best.reshape(shape), grid.top.reshape(shape)
+        self.worst = {kind: grid.worst[kind].reshape(shape) for kind in (LOCAL, PATH)}
+        self.present = grid.present().reshape(shape)
+
+    def frame(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None,
+              min_score: float | None = None) -> pd.DataFrame:
+        """The rows in (time, link) order: every cell with a score, or those in ``(start, end]`` scoring at
+        least ``min_score``. A kind no signal of scored in a cell has a score of 0 there."""
+        if not self.present.any():
+            return pd.DataFrame(columns=SCORE_COLUMNS)
+        first = 0 if start is None else int(np.searchsorted(self.time_values, _ns(start), "right"))
+        last = len(self.time_values) if end is None else int(np.searchsorted(self.time_values, _ns(end), "right"))
+
+        def by_time(grid: np.ndarray) -> np.ndarray:
+            """The window's cells as a (time, link) view: its rows come out in (time, link) order."""
+            return grid[:, first:last].T
+
+        present = by_time(self.present)
+        if min_score is not None:
+            present = present & (by_time(self.best) >= min_score)
+        count = np.count_nonzero(present, axis=1)
+        block = FloatBlock(["score", "local_score", "path_score"], int(count.sum()))
+        for name, grid in (("score", self.best), ("local_score", self.worst[LOCAL]), ("path_score", self.worst[PATH])):
+            block[name] = by_time(grid)[present]
+        kinds = block.values[1:]
+        kinds[np.isneginf(kinds)] = 0.0
+        time = np.repeat(np.arange(first, last), count)
+        link = np.broadcast_to(np.arange(len(self.link_names)), present.shape)[present]
+        frame = block.frame({"time": self.times.take(time), "link": _strings(self.link_names, link)})
+        frame["top_signal"] = _strings(self.names, by_time(self.top)[present])
+        return frame
+
+    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+        """``score`` and ``local_score`` at these times (nanoseconds) and links as (time, link) matrices,
+        NaN where a cell has no score."""
+        time = sorted_positions(self.time_values, times)
+        link = pd.Index(self.link_names).get_indexer(links)
+        known_times, known_links = np.flatnonzero(time >= 0), np.flatnonzero(link >= 0)
+        cells = np.ix_(link[known_links], time[known_times])
+        present = self.present[cells].T
+        matrices = []
+        for grid in (self.best, self.worst[LOCAL]):
+            matrix = np.full((len(times), len(links)), np.nan)
+            values = grid[cells].T
+            values[np.isneginf(values)] = 0.0
+            matrix[np.ix_(known_times, known_links)] = np.where(present, values, np.nan)
+            matrices.append(matrix)
+        return matrices[0], matrices[1]
+
+
+class FrameScores:
+    """The link scores as a frame (the groupby path), with the methods of :class:`GridScores`."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def frame(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None,
+              min_score: float | None = None) -> pd.DataFrame:
+        scores = self._frame
+        if start is None and end is None and min_score is None:
+            return scores
+        keep = np.ones(len(scores), dtype=bool)
+        if start is not None:
+            keep &= (scores["time"] > start).to_numpy()
+        if end is not None:
+            keep &= (scores["time"] <= end).to_numpy()
+        if min_score is not None:
+            keep &= (scores["score"] >= min_score).to_numpy()
+        return scores[keep].reset_index(drop=True)
+
+    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+        scores = self._frame
+        time = sorted_positions(times, _time_ns(scores))
+        link = links.get_indexer(scores["link"])
+        placed = (time >= 0) & (link >= 0)
+        matrices = []
+        for column in ("score", "local_score"):
+            matrix = np.full(len(times) * len(links), np.nan)
+            matrix[(time * len(links) + link)[placed]] = scores[column].to_numpy(dtype=float)[placed]
+            matrices.append(matrix.reshape(len(times), len(links)))
+        return matrices[0], matrices[1]
+
+
+def _ns(stamp: pd.Timestamp) -> int:
+    return pd.Timestamp(stamp).as_unit("ns").value
+
+
 SignalColumns = dict[str, Callable[[], pd.Series | None]]
 """Per signal of a frame, how its values per row are computed (None where the frame lacks them)."""
 
@@ -266,7 +374,7 @@ def link_congestion(
         grid = _EvidenceGrid([frame for frame, _ in parts], grid_step_ns(telemetry.step_s))
         if grid.has_duplicates():
             frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
-            scores = _link_scores(frame)
+            scores = FrameScores(_link_scores(frame))
             evidence = FrameEvidence(frame if keep_unscored else frame[frame["score"] > 0].reset_index(drop=True))
         else:
             evidence, scores = grid.score(parts, ports, signals, keep_unscored)
@@ -314,7 +422,7 @@ class _EvidenceGrid:
     def score(
         self, parts: list[tuple[pd.DataFrame, SignalColumns]], ports: pd.DataFrame,
         signals: dict[str, Signal], keep_unscored: bool = True,
-    ) -> tuple[Evidence, pd.DataFrame]:
+    ) -> tuple[Evidence, GridScores]:
         """The evidence (one entry per time, link and signal with a value) and the link scores.
 
         Without ``keep_unscored`` the evidence keeps only entries that scored above 0
@@ -360,31 +468,7 @@ class _EvidenceGrid:
                 add(UTILIZATION.name, LOCAL, cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
 
         evidence = Evidence(self.times, self.link_names, entries, names, kinds)
-        return evidence, self._link_scores(scores, names)
-
-    def _link_scores(self, scores: _ScoreGrid, names: list[str]) -> pd.DataFrame:
-        """Per (time, link) with a score: the highest, its signal (the first among equals), the highest per kind."""
-        n_times = len(self.time_values)
-
-        def by_time(grid: np.ndarray) -> np.ndarray:
-            """The grid's link-major cells as a (time, link) view: its rows come out in (time, link) order."""
-            return grid.reshape(self.n_links, n_times).T
-
-        present = by_time(scores.present())
-        count = np.count_nonzero(present, axis=1)
-        if not count.sum():
-            return pd.DataFrame(columns=["time", "link", "score", "local_score", "path_score", "top_signal"])
-        block = FloatBlock(["score", "local_score", "path_score"], int(count.sum()))
-        for name, grid in (("score", scores.best), ("local_score", scores.worst[LOCAL]),
-                           ("path_score", scores.worst[PATH])):
-            block[name] = by_time(grid)[present]
-        kinds = block.values[1:]
-        kinds[np.isneginf(kinds)] = 0.0  # no signal of that kind scored the cell
-        time = np.repeat(np.arange(n_times), count)
-        link = np.broadcast_to(np.arange(self.n_links), present.shape)[present]
-        frame = block.frame({"time": self.times.take(time), "link": _strings(self.link_names, link)})
-        frame["top_signal"] = _strings(names, by_time(scores.top)[present])
-        return frame
+        return evidence, GridScores(self.times, self.time_values, self.link_names, scores, names)
 
 
 def _with_value(values: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -638,7 +722,7 @@ def _utilization(ports: pd.DataFrame) -> pd.DataFrame:
 
 
 def _link_scores(evidence: pd.DataFrame) -> pd.DataFrame:
-    columns = ["time", "link", "score", "local_score", "path_score", "top_signal"]
+    columns = SCORE_COLUMNS
     if evidence.empty:
         return pd.DataFrame(columns=columns)
     ordered = evidence.sort_values("score", ascending=False, kind="stable")

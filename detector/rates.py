@@ -233,13 +233,12 @@ def factorize_runs(
     return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
 
 
-def index_runs(index: pd.Index, values: np.ndarray) -> np.ndarray:
-    """``index.get_indexer(values)`` of values that come in runs of equal ones, looking up each run once."""
-    changes = _changes([values])
-    if changes is None:
-        return index.get_indexer(values)
-    starts = np.flatnonzero(np.concatenate(([True], changes)))
-    return np.repeat(index.get_indexer(values[starts]), np.diff(np.append(starts, len(values))))
+def sorted_positions(axis: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's position in the sorted, distinct ``axis``, -1 where it is not there."""
+    if len(axis) == 0:
+        return np.full(len(values), -1)
+    at = np.minimum(np.searchsorted(axis, values), len(axis) - 1)
+    return np.where(axis[at] == values, at, -1)
 
 
 def distinct_rows(frame: pd.DataFrame, columns: Sequence[str] | None = None, keep: str = "first") -> pd.DataFrame:

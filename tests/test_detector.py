@@ -205,6 +205,18 @@ def test_grid_scores_are_the_groupby_scores(which, scenario, default_scenario, m
     assert len(fast.signals) > 100 and fast.scores["score"].max() >= 1
     pd.testing.assert_frame_equal(fast.signals, slow.signals, check_exact=True)
     pd.testing.assert_frame_equal(fast.scores, slow.scores, check_exact=True)
+    # What a batch window keeps and what attribution reads: the same from the grid as from the frame.
+    times = fast.scores["time"].drop_duplicates()
+    start, end = times.iloc[len(times) // 4], times.iloc[3 * len(times) // 4]
+    pd.testing.assert_frame_equal(fast.link_scores.frame(start, end, 0.1), slow.link_scores.frame(start, end, 0.1),
+                                  check_exact=True)
+    links = pd.Index(sorted(set(fast.scores["link"])))[::2].append(pd.Index(["no-such-switch:swp1"]))
+    stamps = pd.DatetimeIndex(times).as_unit("ns").asi8
+    stamps = np.concatenate([stamps[::3], [stamps.max() + 1]])
+    for grid_matrix, frame_matrix in zip(fast.link_scores.matrices(stamps, links),
+                                         slow.link_scores.matrices(stamps, links)):
+        np.testing.assert_array_equal(grid_matrix, frame_matrix)
+        assert np.isnan(grid_matrix[-1]).all() and np.isnan(grid_matrix[:, -1]).all()
 
 
 @pytest.mark.parametrize("grid", [True, False])
@@ -298,3 +310,16 @@ def test_switch_vendor_pause_counters(scenario):
     assert congestion.signals.loc[congestion.signals["signal"] == "switch_pauses_received", "score"].max() == 0
     sent = congestion.host_pause[(congestion.host_pause["host"] == "node03")].set_index("time")["score"]
     assert (sent[[at(16), at(17)]] >= 1).all() and sent[at(15)] == 0
+
+
+def test_episode_evidence_rows_by_time_are_the_rows_isin_keeps():
+    """Episodes find their evidence rows by time from one sort: the rows, order and labels of ``isin``."""
+    from detector.episodes import _RowsByTime
+    stamps = pd.to_datetime(["2026-01-01 00:00:30", "2026-01-01 00:00:10", "2026-01-01 00:00:20",
+                             "2026-01-01 00:00:10", "2026-01-01 00:00:40"], utc=True)
+    frame = pd.DataFrame({"time": stamps, "link": list("abcde")}, index=[7, 3, 9, 1, 5])
+    rows = _RowsByTime(frame)
+    for wanted in ([stamps[1]], [stamps[4], stamps[1], stamps[1]], [pd.Timestamp("2026-01-02", tz="UTC")], []):
+        wanted = pd.Series(wanted, dtype="datetime64[ns, UTC]")
+        pd.testing.assert_frame_equal(rows.at(wanted), frame[frame["time"].isin(wanted)])
+    assert _RowsByTime(pd.DataFrame()).at(pd.Series(stamps)).empty

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.rates import RatesError, counter_rates, distinct_rows, factorize_runs, group_codes, in_order
+from detector.rates import (RatesError, counter_rates, distinct_rows, factorize_runs, grid_codes, group_codes, in_order,
+                            row_sums)
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -260,3 +261,34 @@ def test_in_order_is_a_lexicographic_check():
     assert not in_order(series, np.array([5, 4, 1, 9, 0]))  # time goes back within a series
     assert not in_order(np.array([0, 1, 0]), np.array([1, 2, 3]))  # a series comes back
     assert in_order(np.array([1, 1]), np.array([3, 3]))  # ties are in order
+
+
+def test_grid_codes_are_pandas_sorted_factorize_on_and_off_the_grid():
+    """Times on the grid are coded by arithmetic; off it, sparse or with NaT, pandas' codes all the same."""
+    step = 10 * 10**9
+    base = 1_750_000_000 * 10**9
+    rng = np.random.default_rng(3)
+    cases = [
+        base + step * np.tile(np.arange(50), 4),  # every slot, series after series
+        base + step * rng.choice([0, 1, 2, 5, 9], 60),  # empty slots between
+        base + step * np.array([0, 3 * 10**6]),  # too sparse for a table of slots
+        np.append(base + step * np.arange(5), base + 7),  # one time off the grid
+        np.append(base + step * np.arange(5), np.iinfo(np.int64).min),  # NaT
+        np.empty(0, dtype=np.int64),
+    ]
+    for ns in cases:
+        ns = np.asarray(ns, dtype=np.int64)
+        codes, times = grid_codes(ns, step)
+        want_codes, want_times = pd.factorize(ns.view("datetime64[ns]"), sort=True)
+        np.testing.assert_array_equal(codes, want_codes)
+        np.testing.assert_array_equal(times, np.asarray(want_times, dtype="datetime64[ns]").view(np.int64))
+
+
+def test_row_sums_mix_dense_and_gappy_columns_like_pandas():
+    frame = pd.DataFrame({"dense": [1.0, -0.0, 2.5, 0.0], "gappy": [np.nan, -0.0, np.nan, 1.0],
+                          "empty": [np.nan] * 4})
+    for names in (["dense", "gappy"], ["gappy", "dense"], ["gappy"], ["empty"], ["gappy", "empty"], []):
+        want = frame[names].sum(axis=1, min_count=1).to_numpy() if names else np.full(4, np.nan)
+        got = row_sums(frame, names)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
