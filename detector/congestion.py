@@ -408,6 +408,7 @@ class _EvidenceGrid:
         self.n_links = len(self.link_names)
         bounds = np.cumsum([0, *(len(t) for t in times)])
         self.cells = [link_codes[a:b] * len(self.time_values) + time_codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.series_links = [_series_links(cells, len(self.time_values)) for cells in self.cells]
 
     def has_duplicates(self) -> bool:
         """Whether two series of one frame fall on the same link and interval (their values must add up)."""
@@ -435,49 +436,115 @@ class _EvidenceGrid:
         scores = _ScoreGrid(len(self.time_values) * self.n_links)
         n_times = len(self.time_values)
 
-        def add(name: str, kind: str, cell: np.ndarray, value: np.ndarray, normal: np.ndarray,
-                score: np.ndarray) -> None:
-            scores.add(len(names), kind, cell, score)
-            if not keep_unscored:
+        def add(name: str, kind: str, values: _Placed, normal: np.ndarray, score: np.ndarray) -> None:
+            values.add_to(scores, len(names), kind, score)
+            value = values.value
+            if keep_unscored:
+                cell = values.cells()
+            else:
                 scored = np.flatnonzero(score > 0)
-                cell, value, normal, score = cell[scored], value[scored], normal[scored], score[scored]
+                cell, value, normal, score = values.cells(scored), value[scored], normal[scored], score[scored]
             entries.append(SignalEntries(len(names), cell, value, normal, score))
             names.append(name)
             kinds.append(kind)
 
-        for (_, columns), frame_cells in zip(parts, self.cells):
+        for (_, columns), frame_cells, series_links in zip(parts, self.cells, self.series_links):
             for name, column in columns.items():
                 series = column() if name in signals else None
                 if series is None:
                     continue
                 signal = signals[name]
-                value, cell = _with_value(series.to_numpy(dtype=float), frame_cells)
-                normal = _normal(value, cell, self.n_links, n_times, signal)
+                values = _Placed.of(series.to_numpy(dtype=float), frame_cells, series_links, self.n_links, n_times)
+                normal = _normal(values, signal)
+                value = values.value
                 score = np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
-                add(name, signal.kind, cell, value, normal, score)
+                add(name, signal.kind, values, normal, score)
 
         if not ports.empty:
             busiest = np.fmax(ports["in_bps"].to_numpy(dtype=float), ports["out_bps"].to_numpy(dtype=float))
             speed = ports["speed_bps"].to_numpy(dtype=float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = np.where(speed > 0, busiest / speed, np.nan)
-            used, cell = _with_value(share, self.cells[0])
-            if len(used):
-                normal = _link_quantile(used, cell, self.n_links, n_times, 0.5)[cell // n_times]
-                ramp = (used - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
-                add(UTILIZATION.name, LOCAL, cell, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
+            used = _Placed.of(share, self.cells[0], self.series_links[0], self.n_links, n_times)
+            if len(used.value):
+                normal = used.per_row(used.quantile(0.5))
+                ramp = (used.value - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
+                add(UTILIZATION.name, LOCAL, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
 
         evidence = Evidence(self.times, self.link_names, entries, names, kinds)
         return evidence, GridScores(self.times, self.time_values, self.link_names, scores, names)
 
 
-def _with_value(values: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The values that are not NaN and their cells (the arrays themselves where none is NaN, as most signals)."""
-    missing = np.isnan(values)
-    if not missing.any():
-        return values, cells
-    rows = np.flatnonzero(~missing)
-    return values[rows], cells[rows]
+def _series_links(cells: np.ndarray, n_times: int) -> np.ndarray | None:
+    """Each series' link, where a frame's rows are whole series on the grid: one run of every time per series
+    (a store read of steady polls is), else None."""
+    if not len(cells) or len(cells) % n_times:
+        return None
+    runs = cells.reshape(-1, n_times)
+    first = runs[:, 0]
+    if (first % n_times).any() or not (runs == first[:, None] + np.arange(n_times)).all():
+        return None
+    return first // n_times
+
+
+class _Placed:
+    """One signal's values that are not NaN, and where they lie on the (link, time) grid.
+
+    Where every series of the frame has a value at every time (``links``: each series'
+    link), the values are a (series, time) matrix: a link's normal is a quantile of its
+    row and its scores go onto the grid row by row. Otherwise each value has its own cell.
+    Both give the same numbers; the rows only take less time.
+    """
+
+    def __init__(self, value: np.ndarray, cell: np.ndarray, links: np.ndarray | None, n_links: int,
+                 n_times: int) -> None:
+        self.value, self.cell, self.links, self.n_links, self.n_times = value, cell, links, n_links, n_times
+
+    @staticmethod
+    def of(values: np.ndarray, cells: np.ndarray, series_links: np.ndarray | None, n_links: int,
+           n_times: int) -> _Placed:
+        missing = np.isnan(values)
+        if not missing.any():
+            return _Placed(values, cells, series_links, n_links, n_times)
+        rows = np.flatnonzero(~missing)
+        return _Placed(values[rows], cells[rows], None, n_links, n_times)
+
+    def quantile(self, quantile: float) -> np.ndarray:
+        """Per link (per series where the values are a matrix) the quantile of its values."""
+        if self.links is None:
+            return _link_quantile(self.value, self.cell, self.n_links, self.n_times, quantile)
+        return _row_quantile(self.value.reshape(len(self.links), self.n_times), quantile)
+
+    def per_row(self, per_link: np.ndarray) -> np.ndarray:
+        """A value per link (from :meth:`quantile`) for each of the signal's values."""
+        if self.links is None:
+            return per_link[self.cell // self.n_times]
+        return np.repeat(per_link, self.n_times)
+
+    def cells(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The grid cells of the values (of those at ``rows``)."""
+        if rows is None:
+            return self.cell
+        if self.links is None:
+            return self.cell[rows]
+        return self.links[rows // self.n_times] * self.n_times + rows % self.n_times
+
+    def add_to(self, scores: _ScoreGrid, code: int, kind: str, score: np.ndarray) -> None:
+        if self.links is None:
+            scores.add(code, kind, self.cell, score)
+        else:
+            scores.add_rows(code, kind, self.links, score.reshape(len(self.links), self.n_times))
+
+
+def _row_quantile(matrix: np.ndarray, quantile: float) -> np.ndarray:
+    """Per row of a matrix without NaN, the quantile of its values as :func:`_link_quantile` computes it.
+
+    Every row has as many values, so the ranks either side of the quantile are the same for
+    all and a partition around them replaces the sort.
+    """
+    below, above, fraction = _ranks(np.array([matrix.shape[1]]), quantile)
+    ordered = np.partition(matrix, sorted({int(below[0]), int(above[0])}), axis=1)
+    return _interpolate(ordered[:, below[0]], ordered[:, above[0]], fraction, quantile)
 
 
 class _ScoreGrid:
@@ -503,6 +570,21 @@ class _ScoreGrid:
         self.best[raised] = score[higher]
         self.top[raised] = code
         self.undefined[cell[np.isnan(score)]] = True
+
+    def add_rows(self, code: int, kind: str, links: np.ndarray, score: np.ndarray) -> None:
+        """:meth:`add` of a (series, time) matrix of scores whose series lie on these links, all times each."""
+        shape = (-1, score.shape[1])
+        by_kind = self.worst[kind].reshape(shape)
+        by_kind[links] = np.maximum(by_kind[links], score)
+        best, top = self.best.reshape(shape), self.top.reshape(shape)
+        current, current_top = best[links], top[links]
+        higher = score > current
+        current[higher] = score[higher]
+        current_top[higher] = code
+        best[links], top[links] = current, current_top
+        undefined = np.isnan(score)
+        if undefined.any():
+            self.undefined.reshape(shape)[links] |= undefined
 
     def present(self) -> np.ndarray:
         """Per cell, whether it has a highest score."""
@@ -564,14 +646,14 @@ LINK_QUANTILE_BLOCK_CELLS = 2**23
 """Cells of the (link, time) matrix sorted at once (64 MiB of float64): bounds the memory normals take."""
 
 
-def _normal(values: np.ndarray, cells: np.ndarray, n_links: int, n_times: int, signal: Signal) -> np.ndarray:
+def _normal(values: _Placed, signal: Signal) -> np.ndarray:
     """Per evidence row of one signal: the lower of its link's 25th percentile and the fleet's median."""
-    if not len(values):
+    if not len(values.value):
         return np.empty(0)
-    own = _link_quantile(values, cells, n_links, n_times, NORMAL_QUANTILE)
+    own = values.quantile(NORMAL_QUANTILE)
     if signal.fleet_normal:
-        own = np.minimum(own, np.median(values))
-    return np.clip(own, 0, None)[cells // n_times]
+        own = np.minimum(own, np.median(values.value))
+    return values.per_row(np.clip(own, 0, None))
 
 
 def _evidence_by_groupby(

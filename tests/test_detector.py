@@ -219,6 +219,22 @@ def test_grid_scores_are_the_groupby_scores(which, scenario, default_scenario, m
         assert np.isnan(grid_matrix[-1]).all() and np.isnan(grid_matrix[:, -1]).all()
 
 
+@pytest.mark.parametrize("keep_unscored", [True, False])
+def test_whole_series_scored_as_rows_give_the_numbers_of_scattered_cells(keep_unscored, default_scenario, monkeypatch):
+    """Frames whose series hold every interval are scored as (series, time) matrices: the same scores and evidence."""
+    from detector import congestion as module
+    frames, sim = default_scenario
+    telemetry = load_telemetry(frames)
+    grid = module._EvidenceGrid([module._switch_ports(telemetry.ports, sim.topology)],
+                                module.grid_step_ns(telemetry.step_s))
+    assert grid.series_links[0] is not None  # the simulator's switches answer every poll
+    rows = link_congestion(telemetry, sim.topology, keep_unscored=keep_unscored)
+    monkeypatch.setattr(module, "_series_links", lambda cells, n_times: None)
+    cells = link_congestion(telemetry, sim.topology, keep_unscored=keep_unscored)
+    pd.testing.assert_frame_equal(rows.signals, cells.signals, check_exact=True)
+    pd.testing.assert_frame_equal(rows.scores, cells.scores, check_exact=True)
+
+
 @pytest.mark.parametrize("grid", [True, False])
 def test_evidence_without_unscored_entries_keeps_what_scored_and_the_same_scores(grid, default_scenario, monkeypatch):
     """What batch and streaming keep (entries that scored above 0) is the full evidence, filtered; scores unchanged."""
