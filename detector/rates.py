@@ -507,12 +507,15 @@ class FloatBlock:
     def __setitem__(self, name: str, values: np.ndarray | float) -> None:
         self.values[self.names.index(name)] = values
 
-    def frame(self, leading: Mapping[str, object]) -> pd.DataFrame:
-        """The ``leading`` columns (time, tags), then a float column per row of the block; nothing is copied.
+    def frame(self, leading: Mapping[str, object], trailing: Mapping[str, pd.Series] | None = None) -> pd.DataFrame:
+        """The ``leading`` columns (time, tags), then a float column per row of the block, then the ``trailing``
+        columns (columns of another frame with the same rows, taken as they are); nothing is copied.
 
         A frame built from a dict of columns copies them all into one block, and ``insert``
         copies what it inserts: at millions of rows those copies cost as much as the rates.
         """
         first = pd.DataFrame({name: values.array if isinstance(values, pd.Series) else values
                               for name, values in leading.items()}, copy=False)
-        return pd.concat([first, pd.DataFrame(self.values.T, columns=self.names, copy=False)], axis=1)
+        parts = [first, pd.DataFrame(self.values.T, columns=self.names, copy=False)]
+        parts.extend(column.rename(name) for name, column in (trailing or {}).items())
+        return pd.concat(parts, axis=1)

@@ -309,16 +309,17 @@ def _nic_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
     rates = counter_rates(
         frame, series=["host", "device", "port"], counters=NIC_COUNTERS, source=f"measurement '{INFINIBAND}'",
     )
-    block = FloatBlock(columns[5:], len(rates))
+    block = FloatBlock(["interval_s", "tx_bytes", "rx_bytes"], len(rates))
     block["interval_s"] = rates["interval_s"].to_numpy()
     _first_present(rates, ("port_xmit_data_64", "port_xmit_data"), out=block["tx_bytes"])
     _first_present(rates, ("port_rcv_data_64", "port_rcv_data"), out=block["rx_bytes"])
     block["tx_bytes"] *= 4  # the data counters count 4-byte words
     block["rx_bytes"] *= 4
-    for name in (*NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS):
-        block[name] = rates[name].to_numpy(dtype=float) if name in rates.columns else np.nan
+    # The NIC counters' rates are kept as counter_rates gave them, not copied.
+    counters = {name: rates[name] if name in rates.columns else pd.Series(np.nan, index=rates.index)
+                for name in (*NIC_CONGESTION, *NIC_RECOVERY, *NIC_ERRORS)}
     out = block.frame({"time": rates[TIME], "host": _as_str(rates["host"]), "device": _as_str(rates["device"]),
-                       "port": _as_str(rates["port"])})
+                       "port": _as_str(rates["port"])}, counters)
     netdevs = _last_tag(frame, ["host", "device", "port"], "netdev")
     out.insert(5, "netdev", map_keys([out["host"], out["device"], out["port"]], lambda *key: netdevs.get(key)))
     return out
