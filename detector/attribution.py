@@ -68,7 +68,7 @@ from threadpoolctl import ThreadpoolController
 
 from detector.congestion import Congestion, FrameScores, GridScores
 from detector.jobs import Allocation
-from detector.rates import grid_codes, grid_step_ns, sorted_positions, utc_times
+from detector.rates import factorize_runs, grid_codes, grid_step_ns, sorted_positions, utc_times
 from detector.telemetry import Telemetry
 from detector.topology import Topology
 
@@ -216,7 +216,8 @@ def _job_samples(
     width = high - low + 1
     member_gpu = hosts.get_indexer(members["host"]) * width + (members["gpu"].to_numpy() - low)
     by_gpu = np.argsort(member_gpu, kind="stable")
-    host, gpu = hosts.get_indexer(gpus["host"]), gpus["gpu"].to_numpy()
+    host_codes, host_names = factorize_runs(gpus["host"], use_na_sentinel=False)
+    host, gpu = hosts.get_indexer(host_names)[host_codes], gpus["gpu"].to_numpy()
     sample_gpu = np.where((host >= 0) & (gpu >= low) & (gpu <= high) & (time >= 0), host * width + gpu - low, -1)
     first = np.searchsorted(member_gpu[by_gpu], sample_gpu, "left")
     sample, at = _ranges(first, np.searchsorted(member_gpu[by_gpu], sample_gpu, "right") - first)

@@ -272,14 +272,23 @@ class GridScores:
         time = sorted_positions(self.time_values, times)
         link = pd.Index(self.link_names).get_indexer(links)
         known_times, known_links = np.flatnonzero(time >= 0), np.flatnonzero(link >= 0)
-        cells = np.ix_(link[known_links], time[known_times])
-        present = self.present[cells].T
+        everywhere = len(known_times) == len(times) and len(known_links) == len(links)
+
+        def cells(grid: np.ndarray) -> np.ndarray:
+            """The known (time, link) cells of a grid: its links' rows, then their times."""
+            return grid[link[known_links]][:, time[known_times]].T
+
+        present = cells(self.present)
         matrices = []
         for grid in (self.best, self.worst[LOCAL]):
-            matrix = np.full((len(times), len(links)), np.nan)
-            values = grid[cells].T
+            values = cells(grid)
             values[np.isneginf(values)] = 0.0
-            matrix[np.ix_(known_times, known_links)] = np.where(present, values, np.nan)
+            known = np.where(present, values, np.nan)
+            if everywhere:
+                matrices.append(np.ascontiguousarray(known))
+                continue
+            matrix = np.full((len(times), len(links)), np.nan)
+            matrix[np.ix_(known_times, known_links)] = known
             matrices.append(matrix)
         return matrices[0], matrices[1]
 
