@@ -386,13 +386,19 @@ def _dense_elapsed(same_series: np.ndarray, row_dt: np.ndarray, epoch: np.ndarra
 def _uptime_went_back(uptime: np.ndarray, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
     """sysUpTime decreased, unless the 32-bit TimeTicks value itself wrapped."""
     went_back = np.zeros(len(uptime), dtype=bool)
-    positions, previous = _previous_valid(uptime, codes)
-    has_previous = previous >= 0
-    here, before = positions[has_previous], previous[has_previous]
+    if np.isnan(uptime).any():
+        positions, previous = _previous_valid(uptime, codes)
+        has_previous = previous >= 0
+        here, before = positions[has_previous], previous[has_previous]
+        fell = uptime[here] < uptime[before]
+        here, before = here[fell], before[fell]
+    else:  # a value in every row: the previous one is the row before, within the series
+        before = np.flatnonzero((uptime[1:] < uptime[:-1]) & (codes[1:] == codes[:-1]))
+        here = before + 1
     delta = uptime[here] - uptime[before]
     elapsed_ticks = (times[here] - times[before]) / 1e9 * TIMETICKS_PER_SECOND
-    tick_wrap = (delta < 0) & (np.abs(delta + WRAP32 - elapsed_ticks) <= 0.5 * elapsed_ticks + TIMETICKS_PER_SECOND)
-    went_back[here[(delta < 0) & ~tick_wrap]] = True
+    tick_wrap = np.abs(delta + WRAP32 - elapsed_ticks) <= 0.5 * elapsed_ticks + TIMETICKS_PER_SECOND
+    went_back[here[~tick_wrap]] = True
     return went_back
 
 
