@@ -187,7 +187,7 @@ def grid_step_ns(step_s: float) -> int:
 def grid_codes(ns: np.ndarray, step_ns: int) -> tuple[np.ndarray, np.ndarray]:
     """``pd.factorize(ns, sort=True)`` of times on a grid of ``step_ns``: each time's code and the distinct times.
 
-    Grid times are whole multiples of the step, so a time's slot is arithmetic and the
+    Grid times lie whole steps apart, so a time's slot is arithmetic and the
     distinct times are the occupied slots, in order: no hash table of millions of
     entries. Times off the grid, or too sparse on it, are factorized by pandas (NaT's code: -1).
     """
