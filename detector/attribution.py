@@ -68,7 +68,7 @@ from threadpoolctl import ThreadpoolController
 
 from detector.congestion import Congestion, FrameScores, GridScores
 from detector.jobs import Allocation
-from detector.rates import factorize_runs, grid_codes, grid_step_ns, sorted_positions, utc_times
+from detector.rates import all_distinct, factorize_runs, grid_codes, grid_step_ns, sorted_positions, utc_times
 from detector.telemetry import Telemetry
 from detector.topology import Topology
 
@@ -228,7 +228,8 @@ def _job_samples(
     job = jobs.get_indexer(members["job"])[member]
     # A job may list a GPU twice over a time: keep one sample per (job, GPU, time), taken as one integer.
     cell = sample_gpu[sample] * len(times) + time[sample]
-    kept = np.arange(len(cell)) if _distinct(cell) else np.flatnonzero(~pd.Series(cell * len(jobs) + job).duplicated())
+    distinct = all_distinct(cell, len(hosts) * width * len(times))
+    kept = np.arange(len(cell)) if distinct else np.flatnonzero(~pd.Series(cell * len(jobs) + job).duplicated())
     kept = kept[np.argsort(job[kept], kind="stable")]
     sample = sample[kept]
     return pd.DataFrame({
@@ -236,20 +237,6 @@ def _job_samples(
         "busy": gpus["busy"].to_numpy(dtype=float)[sample], "kernel": gpus["kernel"].to_numpy(dtype=float)[sample],
         "power_w": gpus["power_w"].to_numpy(dtype=float)[sample], "sample": sample,
     }), times
-
-
-def _distinct(codes: np.ndarray) -> bool:
-    """Whether no code repeats, told by a mark per code on a table as long as their range (no hash table).
-
-    False also where the range is too wide for that: the caller then hashes them.
-    """
-    if not len(codes):
-        return True
-    if codes.min() < 0 or codes.max() >= 4 * len(codes):
-        return False
-    seen = np.zeros(int(codes.max()) + 1, dtype=bool)
-    seen[codes] = True
-    return np.count_nonzero(seen) == len(codes)
 
 
 def _nanoseconds(times: pd.Series) -> np.ndarray:

@@ -43,8 +43,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, FloatBlock, distinct_rows, factorize_runs, grid_codes, grid_step_ns, map_keys,
-                            map_series, row_sums, sorted_positions)
+from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, factorize_runs, grid_codes,
+                            grid_step_ns, map_keys, map_series, row_sums, sorted_positions)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -421,13 +421,7 @@ class _EvidenceGrid:
 
     def has_duplicates(self) -> bool:
         """Whether two series of one frame fall on the same link and interval (their values must add up)."""
-        seen = np.zeros(len(self.time_values) * self.n_links, dtype=bool)
-        for cells in self.cells:
-            seen[:] = False
-            seen[cells] = True
-            if np.count_nonzero(seen) != len(cells):
-                return True
-        return False
+        return not all(all_distinct(cells, len(self.time_values) * self.n_links) for cells in self.cells)
 
     def score(
         self, parts: list[tuple[pd.DataFrame, SignalColumns]], ports: pd.DataFrame,
@@ -703,7 +697,7 @@ def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[s
     missing = {f"{host}/{device}" for (host, device), link in zip(keys.keys, placed) if link is None}
     if missing:
         unmapped["infiniband"] = missing
-    mapped = pd.Series(keys.map(lambda *key: links.get(key)), index=nics.index, dtype=object)
+    mapped = pd.Series(keys.per_row(placed), index=nics.index, dtype=object)
     return _placed_rows(nics.assign(link=mapped), keys, placed)
 
 
@@ -741,13 +735,11 @@ def _pause_links(
         return device, links.get((host, device)) if device else None
 
     keys = DistinctKeys([pauses["host"], pauses["netdev"]])
-    placed = [place(host, netdev)[1] for host, netdev in keys.keys]
+    devices, placed = zip(*(place(host, netdev) for host, netdev in keys.keys))
     missing = {f"{host}/{netdev}" for (host, netdev), link in zip(keys.keys, placed) if link is None}
     if missing:
         unmapped["ethtool"] = missing
-    devices = keys.map(lambda host, netdev: place(host, netdev)[0])
-    mapped = keys.map(lambda host, netdev: place(host, netdev)[1])
-    return _placed_rows(pauses.assign(device=devices, link=mapped), keys, placed)
+    return _placed_rows(pauses.assign(device=keys.per_row(devices), link=keys.per_row(placed)), keys, placed)
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:

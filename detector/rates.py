@@ -233,6 +233,13 @@ def factorize_runs(
     return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
 
 
+def all_distinct(codes: np.ndarray, size: int) -> bool:
+    """Whether no code (0 .. size - 1) repeats: a mark per code on a table of ``size``, no hash table."""
+    seen = np.zeros(size, dtype=bool)
+    seen[codes] = True
+    return np.count_nonzero(seen) == len(codes)
+
+
 def sorted_positions(axis: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Each value's position in the sorted, distinct ``axis``, -1 where it is not there."""
     if len(axis) == 0:
@@ -449,10 +456,14 @@ class DistinctKeys:
 
     def map(self, lookup) -> pd.api.extensions.ExtensionArray:
         """``lookup(*key)`` per row, typed as pandas types a column of these values (str where they are text)."""
-        values = np.empty(len(self.keys), dtype=object)
-        for position, key in enumerate(self.keys):
-            values[position] = lookup(*key)
-        return pd.Series(values).array.take(self.inverse)
+        return self.per_row([lookup(*key) for key in self.keys])
+
+    def per_row(self, values: Sequence) -> pd.api.extensions.ExtensionArray:
+        """A value per distinct key (in the order of ``keys``) for every row, typed as :meth:`map` types it."""
+        column = np.empty(len(self.keys), dtype=object)
+        for position, value in enumerate(values):
+            column[position] = value  # one by one: a tuple value must not be spread over positions
+        return pd.Series(column).array.take(self.inverse)
 
 
 def map_keys(columns: Sequence[pd.Series], lookup) -> pd.api.extensions.ExtensionArray:

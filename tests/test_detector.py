@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,20 @@ def test_episode_evidence_rows_by_time_are_the_rows_isin_keeps():
         wanted = pd.Series(wanted, dtype="datetime64[ns, UTC]")
         pd.testing.assert_frame_equal(rows.at(wanted), frame[frame["time"].isin(wanted)])
     assert _RowsByTime(pd.DataFrame()).at(pd.Series(stamps)).empty
+
+
+def test_nics_and_netdevs_outside_the_topology_are_named_and_left_out(scenario):
+    """A host the topology lacks: its NIC and netdev rows are dropped and named once each, the rest scored as before."""
+    _, topology, _, telemetry, congestion = scenario
+    host = telemetry.nics["host"].iloc[0]
+    ghost = dataclasses.replace(telemetry, nics=telemetry.nics.replace({"host": {host: "ghost"}}),
+                                pauses=telemetry.pauses.replace({"host": {host: "ghost"}}))
+    moved = link_congestion(ghost, topology)
+    devices = sorted(set(telemetry.nics.loc[telemetry.nics["host"] == host, "device"]))
+    netdevs = sorted(set(telemetry.pauses.loc[telemetry.pauses["host"] == host, "netdev"]))
+    assert moved.unmapped == {"infiniband": {f"ghost/{device}" for device in devices},
+                              "ethtool": {f"ghost/{netdev}" for netdev in netdevs}}
+    assert congestion.unmapped == {}
+    kept = congestion.signals[congestion.signals["signal"].isin(["discards", "port_errors"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        moved.signals[moved.signals["signal"].isin(["discards", "port_errors"])].reset_index(drop=True), kept)
