@@ -1,0 +1,224 @@
+"""Check the gpu and jobs sources against a real NVIDIA GPU and ``nvidia-smi``.
+
+Not a pytest module (CI machines have no GPU): run it by hand on a GPU host,
+from the repository root, with a Python that has ``nvidia-ml-py`` and, for the
+load phases, PyTorch with CUDA::
+
+    python3 tests/hardware/nvml_check.py [--out DIR]
+
+Four phases on GPU 0, each read by :class:`GpuSource` once a second:
+
+- ``idle``: identity, memory, compute mode and performance state must equal
+  what ``nvidia-smi`` prints.
+- ``matmul``: large bf16 matrix products keep every SM busy; utilization and
+  SM activity must both be high.
+- ``spin``: one thread block spinning (``torch.cuda._sleep``) keeps a kernel
+  resident all the time on one SM; utilization must read high while SM activity
+  stays low. This is the case the ``sm_active`` field exists for: a job
+  spinning in a collective that waits for the network.
+- ``after``: the load process is gone again.
+
+The load processes run with ``SLURM_JOB_ID`` in their environment, so the jobs
+source must map the GPU to that job through the process list NVML gives.
+Exit status 0 when every check holds, 1 when one fails, 2 when no GPU is
+visible. ``--out`` receives the line protocol of every poll and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from collector.lineprotocol import encode, parse  # noqa: E402
+from collector.schema import Point  # noqa: E402
+from collector.sources.gpu import NVIDIA_SMI_PROCESS, GpuSource, ProcessTable  # noqa: E402
+from collector.sources.jobs import JobsSource  # noqa: E402
+
+JOB_ID = "4242"
+HOST = "nvml-check"
+
+_LOADS = {
+    "matmul": (
+        "import torch,sys\n"
+        "a=torch.randn(8192,8192,device='cuda',dtype=torch.bfloat16)\n"
+        "b=a@a; torch.cuda.synchronize(); print('ready',flush=True)\n"
+        "while True:\n"
+        "    for _ in range(50): b=a@a\n"
+        "    torch.cuda.synchronize()\n"
+    ),
+    "spin": (
+        "import torch\n"
+        "torch.cuda._sleep(1000); torch.cuda.synchronize(); print('ready',flush=True)\n"
+        "while True:\n"
+        "    torch.cuda._sleep(200_000_000); torch.cuda.synchronize()\n"
+    ),
+}
+"""Python programs that load GPU 0 until killed and print ``ready`` once the GPU is in use."""
+
+_SMI_FIELDS = "index,uuid,name,memory.total,memory.used,compute_mode,pstate,utilization.gpu,power.draw"
+
+
+@dataclass
+class Phase:
+    name: str
+    points: list[Point] = field(default_factory=list)
+    smi: list[dict[str, str]] = field(default_factory=list)
+    load_pid: int | None = None
+
+    def gpu_fields(self, name: str) -> list[float]:
+        return [p.fields[name] for p in self.points if p.measurement == "nvidia_smi" and name in p.fields]
+
+
+def nvidia_smi() -> dict[str, str]:
+    """GPU 0 as ``nvidia-smi --query-gpu`` prints it."""
+    text = subprocess.run(
+        ["nvidia-smi", "-i", "0", f"--query-gpu={_SMI_FIELDS}", "--format=csv,noheader,nounits"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return dict(zip(_SMI_FIELDS.split(","), (value.strip() for value in text.strip().split(","))))
+
+
+def start_load(kind: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "SLURM_JOB_ID": JOB_ID, "CUDA_VISIBLE_DEVICES": "0"}
+    load = subprocess.Popen([sys.executable, "-c", _LOADS[kind]], stdout=subprocess.PIPE, text=True, env=env)
+    assert load.stdout is not None
+    if load.stdout.readline().strip() != "ready":
+        load.kill()
+        raise RuntimeError(f"the {kind} load did not start (exit status {load.wait()})")
+    return load
+
+
+async def poll(phase: Phase, gpu: GpuSource, jobs: JobsSource, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = time.time_ns()
+        gpu_points, job_points = await asyncio.gather(gpu.collect(now), jobs.collect(now))
+        phase.points.extend(gpu_points + job_points)
+        phase.smi.append(nvidia_smi())
+        await asyncio.sleep(1.0)
+
+
+async def run_phases(seconds: float) -> list[Phase]:
+    table = ProcessTable()
+    gpu = GpuSource(HOST, process_table=table)
+    jobs = JobsSource(HOST, table)
+    phases = []
+    try:
+        for name in ("idle", "matmul", "spin", "after"):
+            phase = Phase(name)
+            load = start_load(name) if name in _LOADS else None
+            phase.load_pid = load.pid if load else None
+            try:
+                await poll(phase, gpu, jobs, seconds)
+            finally:
+                if load is not None:
+                    load.kill()
+                    load.wait()
+            phases.append(phase)
+    finally:
+        await gpu.close()
+    return phases
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.results: list[dict[str, object]] = []
+
+    def check(self, phase: str, what: str, ok: bool, seen: object) -> None:
+        self.results.append({"phase": phase, "check": what, "ok": bool(ok), "seen": seen})
+        print(f"{'ok  ' if ok else 'FAIL'} {phase:7} {what}: {seen}")
+
+    @property
+    def passed(self) -> bool:
+        return all(result["ok"] for result in self.results)
+
+
+def check_identity(checks: Checks, phase: Phase) -> None:
+    point = next(p for p in phase.points if p.measurement == "nvidia_smi" and p.tags["index"] == "0")
+    smi = phase.smi[0]
+    checks.check(phase.name, "uuid equals nvidia-smi", point.tags["uuid"] == smi["uuid"], point.tags["uuid"])
+    checks.check(phase.name, "name equals nvidia-smi", point.tags["name"] == smi["name"], point.tags["name"])
+    checks.check(phase.name, "memory_total equals nvidia-smi (MiB)",
+                 abs(point.fields["memory_total"] - float(smi["memory.total"])) <= 1,
+                 (point.fields["memory_total"], smi["memory.total"]))
+    checks.check(phase.name, "compute_mode equals nvidia-smi",
+                 point.tags["compute_mode"] == smi["compute_mode"], (point.tags["compute_mode"], smi["compute_mode"]))
+    checks.check(phase.name, "pstate is P0..P15", point.tags["pstate"] in {f"P{n}" for n in range(16)},
+                 point.tags["pstate"])
+    health = [p for p in phase.points if p.measurement == "strandwatch_source" and p.tags["source"] == "gpu"]
+    checks.check(phase.name, "every gpu poll up", all(p.fields["up"] == 1 for p in health),
+                 [p.fields["up"] for p in health])
+
+
+def check_load(checks: Checks, phase: Phase, *, sm_high: bool) -> None:
+    utilization = phase.gpu_fields("utilization_gpu")[2:]
+    checks.check(phase.name, "utilization_gpu >= 90 under load", bool(utilization) and min(utilization) >= 90,
+                 utilization)
+    sm_active = phase.gpu_fields("sm_active")[2:]
+    if sm_high:
+        checks.check(phase.name, "sm_active >= 50 with every SM busy", bool(sm_active) and min(sm_active) >= 50,
+                     sm_active)
+    else:
+        checks.check(phase.name, "sm_active <= 10 with one block spinning", bool(sm_active) and max(sm_active) <= 10,
+                     sm_active)
+    pids = {p.tags["pid"] for p in phase.points if p.measurement == NVIDIA_SMI_PROCESS}
+    checks.check(phase.name, "load process in nvidia_smi_process", str(phase.load_pid) in pids,
+                 {"load": phase.load_pid, "seen": sorted(pids)})
+    job_points = [p for p in phase.points if p.measurement == "job_gpu"]
+    checks.check(phase.name, f"jobs source maps GPU 0 to job {JOB_ID}",
+                 any(p.tags["job"] == JOB_ID and p.tags["index"] == "0" for p in job_points),
+                 sorted({(p.tags["index"], p.tags["job"]) for p in job_points}))
+
+
+def check_round_trip(checks: Checks, phases: list[Phase]) -> str:
+    points = [p for phase in phases for p in phase.points]
+    text = encode(points)
+    back = parse(text, source_name="nvml_check")
+    checks.check("all", "line protocol parses back to the same points", list(back) == points, len(points))
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="folder for the line protocol and the JSON summary")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds each phase is polled")
+    args = parser.parse_args()
+    try:
+        nvidia_smi()
+    except (OSError, subprocess.CalledProcessError) as err:
+        print(f"no GPU visible: nvidia-smi failed: {err}")
+        return 2
+    phases = asyncio.run(run_phases(args.seconds))
+    checks = Checks()
+    by_name = {phase.name: phase for phase in phases}
+    check_identity(checks, by_name["idle"])
+    check_load(checks, by_name["matmul"], sm_high=True)
+    check_load(checks, by_name["spin"], sm_high=False)
+    after = by_name["after"]
+    stale = [p for p in after.points[len(after.points) // 2:] if p.measurement == NVIDIA_SMI_PROCESS
+             and p.tags["pid"] in {str(by_name[name].load_pid) for name in _LOADS}]
+    checks.check("after", "no load process listed once it exited", not stale, len(stale))
+    text = check_round_trip(checks, phases)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "nvml_check.lp").write_text(text)
+        summary = {
+            "checks": checks.results,
+            "nvidia_smi": {phase.name: phase.smi for phase in phases},
+        }
+        (args.out / "nvml_check.json").write_text(json.dumps(summary, indent=1))
+    print("all checks hold" if checks.passed else "some checks failed")
+    return 0 if checks.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
