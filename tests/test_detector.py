@@ -121,6 +121,16 @@ def test_missing_measurements_still_detect(scenario):
         detect({"interface": first_poll}, topology, allocations)
 
 
+def test_telemetry_errors_name_the_first_bad_measurement(scenario):
+    frames = scenario[0]
+    both_bad = {**frames, "interface": frames["interface"].drop(columns=["agent_host"]),
+                "infiniband": frames["infiniband"].drop(columns=["host"])}
+    with pytest.raises(TelemetryError, match="measurement 'interface': no 'agent_host' tag"):
+        load_telemetry(both_bad)
+    with pytest.raises(TelemetryError, match="measurement 'infiniband': no 'host' tag"):
+        load_telemetry({**frames, "infiniband": both_bad["infiniband"]})
+
+
 def test_episodes_bridge_one_quiet_interval_but_not_another_cause():
     causes = {1: NETWORK, 2: NETWORK, 4: NETWORK, 5: "checkpoint", 6: NETWORK, 9: NETWORK}
     losses = pd.DataFrame({"time": [at(i) for i in causes], "job": "j", "cause": list(causes.values())})
