@@ -30,6 +30,8 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -73,6 +75,8 @@ class Phase:
     points: list[Point] = field(default_factory=list)
     smi: list[dict[str, str]] = field(default_factory=list)
     load_pid: int | None = None
+    poll_cpu_s: list[float] = field(default_factory=list)
+    """This process's CPU time (user + system, all threads) in each poll of the two sources."""
 
     def gpu_fields(self, name: str) -> list[float]:
         return [p.fields[name] for p in self.points if p.measurement == "nvidia_smi" and name in p.fields]
@@ -97,11 +101,18 @@ def start_load(kind: str) -> subprocess.Popen[str]:
     return load
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def poll(phase: Phase, gpu: GpuSource, jobs: JobsSource, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         now = time.time_ns()
+        cpu_before = _cpu_s()
         gpu_points, job_points = await asyncio.gather(gpu.collect(now), jobs.collect(now))
+        phase.poll_cpu_s.append(_cpu_s() - cpu_before)
         phase.points.extend(gpu_points + job_points)
         phase.smi.append(nvidia_smi())
         await asyncio.sleep(1.0)
@@ -208,11 +219,17 @@ def main() -> int:
              and p.tags["pid"] in {str(by_name[name].load_pid) for name in _LOADS}]
     checks.check("after", "no load process listed once it exited", not stale, len(stale))
     text = check_round_trip(checks, phases)
+    for phase in phases:
+        # The first poll of a run initialises NVML and registers for events: a one-off, not a poll's cost.
+        steady = phase.poll_cpu_s[1:] if phase.name == "idle" else phase.poll_cpu_s
+        print(f"cpu  {phase.name:7} {1000 * statistics.median(steady):.2f} ms per poll (median of {len(steady)}), "
+              f"first poll {1000 * phase.poll_cpu_s[0]:.2f} ms")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "nvml_check.lp").write_text(text)
         summary = {
             "checks": checks.results,
+            "poll_cpu_s": {phase.name: phase.poll_cpu_s for phase in phases},
             "nvidia_smi": {phase.name: phase.smi for phase in phases},
         }
         (args.out / "nvml_check.json").write_text(json.dumps(summary, indent=1))
