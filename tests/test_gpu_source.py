@@ -232,6 +232,7 @@ def test_sample_config_builds_a_source_and_bad_options_are_named():
     options = yaml.safe_load(SAMPLE_CONFIG.read_text())["gpu"]
     source = GpuSource.from_config("node1", options)
     assert isinstance(source.backend, NvmlBackend) and source.backend.gpm is True
+    assert source.backend.pcie is False
     with pytest.raises(ValueError, match="unknown option.*dcgm"):
         GpuSource.from_config("node1", {"dcgm": True})
     with pytest.raises(ValueError, match="gpm must be true or false"):
@@ -270,7 +271,7 @@ async def test_gpus_without_xid_events_nvlink_or_clocks_leave_those_fields_out(m
                 mig_mode=None, pcie_bytes=[7_000_000, 9_000_000]),
     ])
     fake.install(monkeypatch.setattr)
-    point, *_ = await GpuSource("node1", NvmlBackend()).collect(T)
+    point, *_ = await GpuSource("node1", NvmlBackend(pcie=True)).collect(T)
     for name in ("xid_errors", "xid_last", "nvlink_tx_kib", "nvlink_rx_kib", "clocks_current_sm"):
         assert name not in point.fields
     assert (point.fields["pcie_tx_bytes"], point.fields["pcie_rx_bytes"]) == (7_000_000, 9_000_000)
@@ -281,10 +282,28 @@ async def test_64_bit_counters_stay_exact_up_to_2_to_the_64(monkeypatch):
     wrapped = (1 << 64) - 1024
     fake = FakeNvml([h100(0, nvlink_kib=[wrapped, 5], pcie_bytes=[(1 << 63) + 1, 1 << 40])])
     fake.install(monkeypatch.setattr)
-    point = (await GpuSource("node1", NvmlBackend()).collect(T))[0]
+    point = (await GpuSource("node1", NvmlBackend(pcie=True)).collect(T))[0]
     assert point.fields["nvlink_tx_kib"] == wrapped and point.fields["pcie_tx_bytes"] == (1 << 63) + 1
     line = encode([point])
     assert f"nvlink_tx_kib={wrapped}u" in line and f"pcie_rx_bytes={1 << 40}i" in line
+
+
+async def test_pcie_byte_counters_are_read_only_when_asked_for(monkeypatch):
+    fake = FakeNvml([h100(0, pcie_bytes=[7_000_000, 9_000_000])])
+    fake.install(monkeypatch.setattr)
+    asked: list[list[tuple[int, int]]] = []
+    field_values = pynvml.nvmlDeviceGetFieldValues
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues",
+                        lambda handle, fields: asked.append(list(fields)) or field_values(handle, fields))
+    default = (await GpuSource.from_config("node1", {}).collect(T))[0]
+    assert "pcie_tx_bytes" not in default.fields and default.fields["nvlink_tx_kib"] == 1_000_000
+    assert {field for field, _ in asked[-1]} == {pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                                                 pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX}
+    asked_for = (await GpuSource.from_config("node1", {"pcie": True}).collect(T))[0]
+    assert (asked_for.fields["pcie_tx_bytes"], asked_for.fields["pcie_rx_bytes"]) == (7_000_000, 9_000_000)
+    assert len(asked[-1]) == 4
+    with pytest.raises(ValueError, match="pcie must be true or false"):
+        GpuSource.from_config("node1", {"pcie": "on"})
 
 
 def mig_gpu(index: int) -> FakeGpu:

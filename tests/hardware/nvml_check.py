@@ -38,11 +38,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pynvml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from collector.lineprotocol import encode, parse  # noqa: E402
 from collector.schema import Point  # noqa: E402
 from collector.sources.gpu import NVIDIA_SMI_PROCESS, GpuSource, ProcessTable  # noqa: E402
+from collector.sources.gpu.nvml import NVLINK_FIELDS, PCIE_FIELDS  # noqa: E402
 from collector.sources.jobs import JobsSource  # noqa: E402
 
 JOB_ID = "4242"
@@ -190,6 +193,41 @@ def check_load(checks: Checks, phase: Phase, *, sm_high: bool) -> None:
                  sorted({(p.tags["index"], p.tags["job"]) for p in job_points}))
 
 
+def nvml_call_costs(repeat: int = 200) -> dict[str, float]:
+    """Median CPU microseconds of each NVML call the backend makes per GPU and poll, on GPU 0, and of
+    each counter field alone (the PCIe ones are read only with ``pcie: true``)."""
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    buffer = pynvml.nvmlGpmSampleAlloc()
+    calls = {
+        "utilization": lambda: pynvml.nvmlDeviceGetUtilizationRates(handle),
+        "memory": lambda: pynvml.nvmlDeviceGetMemoryInfo(handle),
+        "power": lambda: pynvml.nvmlDeviceGetPowerUsage(handle),
+        "pstate": lambda: pynvml.nvmlDeviceGetPerformanceState(handle),
+        "compute_mode": lambda: pynvml.nvmlDeviceGetComputeMode(handle),
+        "mig_mode": lambda: pynvml.nvmlDeviceGetMigMode(handle),
+        "processes": lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle),
+        "gpm_sample": lambda: pynvml.nvmlGpmSampleGet(handle, buffer),
+        "field_values": lambda: pynvml.nvmlDeviceGetFieldValues(handle, [(f, s) for _, f, s in NVLINK_FIELDS]),
+        **{f"field_values({name} alone)": (lambda f=f, s=s: pynvml.nvmlDeviceGetFieldValues(handle, [(f, s)]))
+           for name, f, s in NVLINK_FIELDS + PCIE_FIELDS},
+        "temperature": lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+        "clock_sm": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "clock_memory": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+    }
+    costs = {}
+    for name, call in calls.items():
+        spent = []
+        for _ in range(repeat):
+            before = time.process_time()
+            call()
+            spent.append(time.process_time() - before)
+        costs[name] = 1e6 * statistics.median(spent)
+    pynvml.nvmlGpmSampleFree(buffer)
+    pynvml.nvmlShutdown()
+    return costs
+
+
 def check_round_trip(checks: Checks, phases: list[Phase]) -> str:
     points = [p for phase in phases for p in phase.points]
     text = encode(points)
@@ -224,12 +262,17 @@ def main() -> int:
         steady = phase.poll_cpu_s[1:] if phase.name == "idle" else phase.poll_cpu_s
         print(f"cpu  {phase.name:7} {1000 * statistics.median(steady):.2f} ms per poll (median of {len(steady)}), "
               f"first poll {1000 * phase.poll_cpu_s[0]:.2f} ms")
+    costs = nvml_call_costs()
+    per_poll = sum(value for name, value in costs.items() if "alone" not in name)
+    print("cpu  NVML calls (median us): " + ", ".join(f"{name} {value:.0f}" for name, value in costs.items())
+          + f"; a poll's calls {per_poll:.0f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "nvml_check.lp").write_text(text)
         summary = {
             "checks": checks.results,
             "poll_cpu_s": {phase.name: phase.poll_cpu_s for phase in phases},
+            "nvml_call_cpu_us": costs,
             "nvidia_smi": {phase.name: phase.smi for phase in phases},
         }
         (args.out / "nvml_check.json").write_text(json.dumps(summary, indent=1))

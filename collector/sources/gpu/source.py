@@ -22,7 +22,8 @@ NVIDIA_SMI_MIG = "nvidia_smi_mig"
 NVIDIA_SMI_PROCESS = "nvidia_smi_process"
 """One compute process on one GPU: who holds the GPU when no scheduler says."""
 
-_OPTIONS = ("gpm", "xid")
+_OPTIONS = ("gpm", "xid", "pcie")
+_DEFAULTS = {"gpm": True, "xid": True, "pcie": False}
 
 
 def _put(fields: dict[str, FieldValue], name: str, value: float | None, kind: type) -> None:
@@ -154,7 +155,7 @@ class GpuSource:
             raise ValueError(f"gpu source: unknown option(s) {unknown}; known: {list(_OPTIONS)}")
         flags = {}
         for option in _OPTIONS:
-            value = options.get(option, True)
+            value = options.get(option, _DEFAULTS[option])
             if not isinstance(value, bool):
                 raise ValueError(f"gpu source: {option} must be true or false, got {value!r}")
             flags[option] = value
