@@ -20,8 +20,10 @@ Four phases on GPU 0, each read by :class:`GpuSource` once a second:
 
 The load processes run with ``SLURM_JOB_ID`` in their environment, so the jobs
 source must map the GPU to that job through the process list NVML gives.
-Exit status 0 when every check holds, 1 when one fails, 2 when no GPU is
-visible. ``--out`` receives the line protocol of every poll and a JSON summary.
+It then prints what a poll cost this process in CPU time, per phase, and what
+each NVML call the backend makes costs on its own. Exit status 0 when every
+check holds, 1 when one fails, 2 when no GPU is visible. ``--out`` receives the
+line protocol of every poll and a JSON summary.
 """
 
 from __future__ import annotations
