@@ -68,7 +68,8 @@ from threadpoolctl import ThreadpoolController
 
 from detector.congestion import Congestion, FrameScores, GridScores
 from detector.jobs import Allocation
-from detector.rates import all_distinct, factorize_runs, grid_codes, grid_step_ns, sorted_positions, utc_times
+from detector.rates import (all_distinct, factorize_runs, grid_codes, grid_step_ns, nanoseconds, sorted_positions,
+                            utc_times)
 from detector.telemetry import Telemetry
 from detector.topology import Topology
 
@@ -170,9 +171,10 @@ def attribute(
     paths = {job: topology.path_links(zip(members["host"][member_job == job], members["gpu"][member_job == job]))
              for job in spans}
     links = pd.Index(sorted(set().union(*paths.values())))
+    stamps = nanoseconds(times)
     shared = _Shared(
-        times.as_unit("ns").asi8, jobs, hosts, _allocated(members, member_job, len(jobs), times),
-        _LinkScores.of(congestion.link_scores, times, links, hosts, topology),
+        stamps, jobs, hosts, _allocated(members, member_job, len(jobs), times),
+        _LinkScores.of(congestion.link_scores, stamps, links, hosts, topology),
         _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
         telemetry.gpus["model"],
     )
@@ -210,7 +212,7 @@ def _job_samples(
     """
     if gpus.empty or members.empty:
         return pd.DataFrame(), pd.DatetimeIndex([])
-    time, stamps = grid_codes(pd.DatetimeIndex(gpus["time"]).as_unit("ns").asi8, step_ns)
+    time, stamps = grid_codes(nanoseconds(gpus["time"]), step_ns)
     times = utc_times(stamps)
     low, high = int(members["gpu"].min()), int(members["gpu"].max())
     width = high - low + 1
@@ -324,9 +326,10 @@ class _LinkScores:
     local: np.ndarray
 
     @staticmethod
-    def of(scores: GridScores | FrameScores, times: pd.DatetimeIndex, links: pd.Index, hosts: pd.Index,
+    def of(scores: GridScores | FrameScores, stamps: np.ndarray, links: pd.Index, hosts: pd.Index,
            topology: Topology) -> _LinkScores:
-        matrices = scores.matrices(times.as_unit("ns").asi8, links)
+        """The scores of ``links`` at these times (nanoseconds) as (time, link) matrices."""
+        matrices = scores.matrices(stamps, links)
         host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
         faced = pd.Index([host_of_link.get(name) for name in links], dtype=object)
         return _LinkScores(links.to_numpy(), hosts.get_indexer(faced), *matrices)

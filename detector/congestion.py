@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, factorize_runs, grid_codes,
-                            grid_step_ns, map_keys, map_series, row_sums, sorted_positions)
+                            grid_step_ns, map_keys, map_series, nanoseconds, row_sums, sorted_positions)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -186,8 +186,8 @@ class Evidence:
         n_links = len(self.link_names)
         if pairs.empty or not self.entries:
             return self.frame([np.empty(0, dtype=np.int64) for _ in self.entries])
-        grid_ns = pd.DatetimeIndex(self.times).as_unit("ns").asi8
-        wanted_ns = pd.DatetimeIndex(pairs["time"]).as_unit("ns").asi8
+        grid_ns = nanoseconds(self.times)
+        wanted_ns = nanoseconds(pairs["time"])
         time_code = np.minimum(np.searchsorted(grid_ns, wanted_ns), len(grid_ns) - 1)
         link_code = pd.Index(self.link_names).get_indexer(pairs["link"].to_numpy(dtype=object))
         known = (grid_ns[time_code] == wanted_ns) & (link_code >= 0)
@@ -597,7 +597,7 @@ class _ScoreGrid:
 def _time_ns(frame: pd.DataFrame) -> np.ndarray:
     if frame.empty:
         return np.empty(0, dtype=np.int64)
-    return pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8
+    return nanoseconds(frame["time"])
 
 
 def _strings(names, codes: np.ndarray) -> pd.api.extensions.ExtensionArray:
@@ -694,17 +694,20 @@ def _nic_links(nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[s
     links = topology.nic_links()
     keys = DistinctKeys([nics["host"], nics["device"]])
     placed = [links.get(key) for key in keys.keys]
-    missing = {f"{host}/{device}" for (host, device), link in zip(keys.keys, placed) if link is None}
-    if missing:
-        unmapped["infiniband"] = missing
     mapped = pd.Series(keys.per_row(placed), index=nics.index, dtype=object)
-    return _placed_rows(nics.assign(link=mapped), keys, placed)
+    return _placed_rows(nics.assign(link=mapped), keys, placed, "infiniband", unmapped)
 
 
-def _placed_rows(frame: pd.DataFrame, keys: DistinctKeys, placed: list) -> pd.DataFrame:
-    """``frame.dropna(subset=["link"])`` from the keys' links (None: not placed), without testing every row."""
-    if all(link is not None for link in placed):
+def _placed_rows(frame: pd.DataFrame, keys: DistinctKeys, placed: list, measurement: str,
+                 unmapped: dict[str, set[str]]) -> pd.DataFrame:
+    """``frame.dropna(subset=["link"])`` from the keys' links (None: not placed), without testing every row.
+
+    The keys without a link are named (``host/device``) in ``unmapped[measurement]``.
+    """
+    missing = {"/".join(map(str, key)) for key, link in zip(keys.keys, placed) if link is None}
+    if not missing:
         return frame
+    unmapped[measurement] = missing
     return frame[np.array([link is not None for link in placed], dtype=bool)[keys.inverse]]
 
 
@@ -736,10 +739,8 @@ def _pause_links(
 
     keys = DistinctKeys([pauses["host"], pauses["netdev"]])
     devices, placed = zip(*(place(host, netdev) for host, netdev in keys.keys))
-    missing = {f"{host}/{netdev}" for (host, netdev), link in zip(keys.keys, placed) if link is None}
-    if missing:
-        unmapped["ethtool"] = missing
-    return _placed_rows(pauses.assign(device=keys.per_row(devices), link=keys.per_row(placed)), keys, placed)
+    return _placed_rows(pauses.assign(device=keys.per_row(devices), link=keys.per_row(placed)), keys, placed,
+                        "ethtool", unmapped)
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:

@@ -22,6 +22,7 @@ from detector.attribution import NETWORK, SLOW_HOST, UNKNOWN
 from detector.congestion import HOST_SIGNALS, SIGNALS, Signal
 from detector.jobs import format_time
 from detector.pricing import Prices
+from detector.rates import nanoseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ def episode_ids(losses: pd.DataFrame, step_s: float, settings: EpisodeSettings) 
     step_ns = step_s * 1e9
     next_id = 0
     for _, job in losses.groupby("job", sort=True):
-        times = pd.DatetimeIndex(job["time"]).as_unit("ns").asi8
+        times = nanoseconds(job["time"])
         causes = job["cause"].to_numpy()
         for cause in sorted(set(causes)):
             mine = causes == cause
@@ -149,20 +150,16 @@ class _RowsByTime:
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self.frame = frame
-        stamps = _nanoseconds(frame["time"]) if "time" in frame.columns else np.empty(0, dtype=np.int64)
+        stamps = nanoseconds(frame["time"]) if "time" in frame.columns else np.empty(0, dtype=np.int64)
         self.order = np.argsort(stamps, kind="stable")
         self.sorted = stamps[self.order]
 
     def at(self, times: pd.Series) -> pd.DataFrame:
         """``frame[frame["time"].isin(times)]``."""
-        wanted = np.unique(_nanoseconds(times))
+        wanted = np.unique(nanoseconds(times))
         first, last = np.searchsorted(self.sorted, wanted, "left"), np.searchsorted(self.sorted, wanted, "right")
         rows = np.sort(np.concatenate([self.order[a:b] for a, b in zip(first, last)] or [np.empty(0, dtype=np.intp)]))
         return self.frame.iloc[rows]
-
-
-def _nanoseconds(times: pd.Series) -> np.ndarray:
-    return pd.DatetimeIndex(times).as_unit("ns").asi8
 
 
 def _episode(

@@ -180,6 +180,11 @@ def utc_times(ns: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("datetime64[ns]")).tz_localize("UTC")
 
 
+def nanoseconds(times) -> np.ndarray:
+    """Datetimes (a column, an index or an array) as integer nanoseconds since the epoch: :func:`utc_times` undone."""
+    return pd.DatetimeIndex(times).as_unit("ns").asi8
+
+
 def grid_step_ns(step_s: float) -> int:
     """The grid's interval in whole nanoseconds: every grid time is a multiple of it."""
     return int(round(step_s * 1e9))

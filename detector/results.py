@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-import numpy as np
 import pandas as pd
 
 from collector.schema import Point
 from detector.detect import DetectionResult
 from detector.episodes import Episode
 from detector.jobs import format_time
+from detector.rates import nanoseconds
 
 STRANDED_COMPUTE = "stranded_compute"
 LINK_CONGESTION = "link_congestion"
@@ -79,10 +79,6 @@ def write_results(
     return store.write(result_points(result, extra_tags=extra_tags, min_link_score=min_link_score))
 
 
-def _time_ns(times: pd.Series) -> np.ndarray:
-    return pd.DatetimeIndex(times).as_unit("ns").asi8
-
-
 def _stranded_compute(result: DetectionResult, extra: dict[str, str]) -> list[Point]:
     rows = result.losses[result.losses["episode"] >= 0]
     if rows.empty:
@@ -90,7 +86,7 @@ def _stranded_compute(result: DetectionResult, extra: dict[str, str]) -> list[Po
     confidence = [result.episodes[int(index)].confidence for index in rows["episode"]]
     points = []
     for time_ns, job, cause, links, lost, model, energy, gpus, path_score, trust in zip(
-        _time_ns(rows["time"]), rows["job"], rows["cause"], rows["links"], rows["gpu_seconds_lost"],
+        nanoseconds(rows["time"]), rows["job"], rows["cause"], rows["links"], rows["gpu_seconds_lost"],
         rows["model"], rows["energy_joules"], rows["n_gpus"], rows["path_score"], confidence,
     ):
         tags = {**extra, "job": str(job), "cause": str(cause)}
@@ -119,7 +115,7 @@ def _link_congestion(result: DetectionResult, extra: dict[str, str], min_score: 
     signal_values = values.to_numpy(dtype=float)
     points = []
     for row, (time_ns, link, score, local, path, top) in enumerate(zip(
-        _time_ns(scores["time"]), scores["link"], scores["score"], scores["local_score"], scores["path_score"],
+        nanoseconds(scores["time"]), scores["link"], scores["score"], scores["local_score"], scores["path_score"],
         scores["top_signal"],
     )):
         agent_host, _, if_name = str(link).rpartition(":")

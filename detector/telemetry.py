@@ -32,7 +32,7 @@ import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
 from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, grid_step_ns, group_codes,
-                            in_order, map_keys, row_sums, utc_times)
+                            in_order, map_keys, nanoseconds, row_sums, utc_times)
 
 
 class TelemetryError(ValueError):
@@ -200,7 +200,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     if frame.empty:
         return frame
     step_ns = step_s * 1e9
-    stamps = pd.DatetimeIndex(frame[TIME]).as_unit("ns").asi8
+    stamps = nanoseconds(frame[TIME])
     covered = frame["interval_s"].to_numpy(dtype=float)
     covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
     bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
@@ -388,10 +388,10 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
         out.loc[has_sm, "kernel"] = utilization[has_sm]
     out["power_w"] = pd.to_numeric(frame["power_draw"], errors="coerce") if "power_draw" in frame.columns else np.nan
     out["model"] = frame["name"].astype(str) if "name" in frame.columns else ""
-    stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8
+    stamps = nanoseconds(out[TIME])
     if not in_order(factorize_runs(out["host"], sort=True)[0], out["gpu"].to_numpy(), stamps):
         out = out.sort_values(["host", "gpu", TIME], kind="stable")
-        stamps = pd.DatetimeIndex(out[TIME]).as_unit("ns").asi8
+        stamps = nanoseconds(out[TIME])
     stamps = stamps.astype(float)
     hosts, indices = out["host"].to_numpy(), out["gpu"].to_numpy()
     same = (hosts[1:] == hosts[:-1]) & (indices[1:] == indices[:-1])

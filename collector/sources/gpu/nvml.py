@@ -159,7 +159,6 @@ class NvmlBackend:
         self.gpm = gpm
         self.xid = xid
         self.pcie = pcie
-        self._counter_fields = NVLINK_FIELDS + PCIE_FIELDS if pcie else NVLINK_FIELDS
         self._gpus: list[_Gpu] | None = None
         self._by_address: dict[int | None, _Gpu] = {}
         self._event_set: Any = None
@@ -293,7 +292,7 @@ class NvmlBackend:
     def _counters(self, handle: Any) -> dict[str, int | None]:
         """The NVLink (and PCIe) byte counters, ``None`` for each one the GPU does not have or was not asked for."""
         counters: dict[str, int | None] = {name: None for name, _, _ in NVLINK_FIELDS + PCIE_FIELDS}
-        fields = self._counter_fields
+        fields = NVLINK_FIELDS + PCIE_FIELDS if self.pcie else NVLINK_FIELDS
         values = _optional(pynvml.nvmlDeviceGetFieldValues, handle, [(fid, scope) for _, fid, scope in fields])
         for (name, _, _), value in zip(fields, values or ()):
             member = _VALUE_MEMBERS.get(value.valueType)

@@ -22,8 +22,8 @@ NVIDIA_SMI_MIG = "nvidia_smi_mig"
 NVIDIA_SMI_PROCESS = "nvidia_smi_process"
 """One compute process on one GPU: who holds the GPU when no scheduler says."""
 
-_OPTIONS = ("gpm", "xid", "pcie")
-_DEFAULTS = {"gpm": True, "xid": True, "pcie": False}
+_OPTIONS = {"gpm": True, "xid": True, "pcie": False}
+"""The options of a ``gpu:`` block and their defaults."""
 
 
 def _put(fields: dict[str, FieldValue], name: str, value: float | None, kind: type) -> None:
@@ -154,8 +154,8 @@ class GpuSource:
         if unknown:
             raise ValueError(f"gpu source: unknown option(s) {unknown}; known: {list(_OPTIONS)}")
         flags = {}
-        for option in _OPTIONS:
-            value = options.get(option, _DEFAULTS[option])
+        for option, default in _OPTIONS.items():
+            value = options.get(option, default)
             if not isinstance(value, bool):
                 raise ValueError(f"gpu source: {option} must be true or false, got {value!r}")
             flags[option] = value
