@@ -83,8 +83,9 @@ def scale_config(gpus: int, days: float, interval_s: float, seed: int) -> SimCon
 class SimulatedStore:
     """A TelemetryReader over a simulation that runs forward as later data is read.
 
-    Reads must come in time order (as ``detect_store``'s windows do); data before
-    the start of the latest read is dropped.
+    Reads must come in time order (as ``detect_store``'s windows do). A read drops
+    the data before its start before it simulates further, so the store holds no
+    more than one window and its context (and the rest of the last chunk).
     """
 
     def __init__(self, sim: Simulation) -> None:
@@ -127,8 +128,8 @@ class SimulatedStore:
             raise NotImplementedError("SimulatedStore reads every series")
         start_ns = pd.Timestamp(start).value if start is not None else self.span.first.value
         end_ns = pd.Timestamp(end).value if end is not None else self.span.last.value + 1
-        self._simulate_until(end_ns)
         self.chunks = [chunk for chunk in self.chunks if chunk[0][-1] >= start_ns]
+        self._simulate_until(end_ns)
         started = time.perf_counter()
         frame = self._rows(measurement, start_ns, end_ns, fields)
         self.read_s += time.perf_counter() - started

@@ -31,7 +31,7 @@ from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute
 from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
-from detector.heap import large_blocks_from_heap, large_blocks_mapped, release_free_heap
+from detector.heap import freed_pages_kept, large_blocks_from_heap, large_blocks_mapped, release_free_heap
 from detector.jobs import Allocation
 from detector.pricing import Prices
 from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
@@ -237,20 +237,20 @@ def detect_store(
     context = pd.Timedelta(windows.context)
     step_s = settings.step_s
     parts = []
-    for done, (window_start, window_end) in enumerate(bounds, start=1):
-        with large_blocks_from_heap():
+    # One window's memory serves the next: given back between windows, it would be faulted in again (detector.heap).
+    with large_blocks_from_heap(), freed_pages_kept():
+        for done, (window_start, window_end) in enumerate(bounds, start=1):
             telemetry = _window_telemetry(store, window_start - context, window_end,
                                           step_s if step_s is not None else settings.step_s)
-            release_free_heap()  # the rates' freed temporaries must not stay resident through the decisions
             if telemetry is not None:
                 step_s = telemetry.step_s
                 allocated = _overlapping(allocations, window_start - context, window_end)
                 parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
                                               windows.min_link_score))
                 del telemetry
-        release_free_heap()  # what a window freed goes back before the next, so the peak is one window's
-        if progress:
-            progress(done, len(bounds))
+            if progress:
+                progress(done, len(bounds))
+    release_free_heap()
     if step_s is None:
         raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
     decided = Decided.concat(parts) if parts else empty_decided()

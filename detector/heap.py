@@ -9,11 +9,14 @@ from contextlib import contextmanager
 _LIBC = ctypes.CDLL(None)
 _MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
 _MALLOPT = getattr(_LIBC, "mallopt", None)
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _LARGEST_HEAP_BLOCK = 2**31 - 1
 """mallopt takes an int: blocks up to 2 GiB come from the heap."""
 _SETTLED_THRESHOLD = 32 * 2**20
 """Where glibc's own threshold settles on 64-bit systems (it starts at 128 KiB and rises to this)."""
+_SETTLED_TRIM_THRESHOLD = 2 * _SETTLED_THRESHOLD
+"""glibc keeps its trim threshold at twice the mapping threshold: where it settles with it."""
 _large_blocks_in_heap = False
 """Whether a large_blocks_from_heap block is running (and no large_blocks_mapped block inside it)."""
 
@@ -21,11 +24,11 @@ _large_blocks_in_heap = False
 def release_free_heap() -> None:
     """Give the C heap's free pages back to the system, wherever they lie in it.
 
-    A detector step or batch window allocates hundreds of MB of frames and frees them
-    again; glibc keeps much of that in its heap, scattered between live blocks, so
-    without this the resident size swings by 200-400 MB from step to step and creeps
-    up window after window (measured: deploy/README.md, "Running for months", and
-    docs/detector.md, "Scale").
+    A daemon step allocates hundreds of MB of frames and frees them again; glibc keeps
+    much of that in its heap, scattered between live blocks, so without this the
+    resident size swings by 200-400 MB from step to step and creeps up over the hours
+    (measured: deploy/README.md, "Running for months"). A batch run calls it once, after
+    its last window (:func:`freed_pages_kept`).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -44,6 +47,28 @@ def large_blocks_from_heap() -> Iterator[None]:
     """
     with _large_blocks(in_heap=True):
         yield
+
+
+@contextmanager
+def freed_pages_kept() -> Iterator[None]:
+    """Within the block, memory freed to the heap stays in the process; ``release_free_heap`` gives it back after.
+
+    glibc gives the heap's top back to the system whenever more than its trim threshold
+    is free there. Windows of a batch run each need about as much memory as the one
+    before, so what one window gives back the next must fault in again, and that is
+    not only the kernel zeroing pages: a virtual machine whose host takes back the
+    memory its guest frees (virtio-balloon free page reporting) backs each such page
+    anew, about 1 s per GiB on the 2-core machines measured (docs/detector.md, "Scale").
+    The process keeps the largest window's memory from the first window to the last,
+    which it needs at the peak anyway. Process-wide, like :func:`large_blocks_from_heap`.
+    """
+    if _MALLOPT is not None:
+        _MALLOPT(_M_TRIM_THRESHOLD, _LARGEST_HEAP_BLOCK)
+    try:
+        yield
+    finally:
+        if _MALLOPT is not None:
+            _MALLOPT(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
 
 
 @contextmanager

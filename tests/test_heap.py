@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from detector.heap import large_blocks_from_heap, large_blocks_mapped, release_free_heap
+from detector.heap import freed_pages_kept, large_blocks_from_heap, large_blocks_mapped, release_free_heap
 
 
 def _in_heap(array: np.ndarray) -> bool:
@@ -33,3 +34,18 @@ def test_large_arrays_come_from_the_heap_only_inside_the_block():
     release_free_heap()
     after = np.empty(size)
     assert not _in_heap(after)
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_freed_heap_pages_stay_in_the_process_until_released():
+    size = 256 * 2**20
+    with large_blocks_from_heap(), freed_pages_kept():
+        block = np.ones(size // 8)
+        held = _resident_bytes()
+        del block
+        assert _resident_bytes() > held - size // 2
+    release_free_heap()
+    assert _resident_bytes() < held - size // 2
