@@ -575,19 +575,26 @@ class _ScoreGrid:
         self.undefined[cell[np.isnan(score)]] = True
 
     def add_rows(self, code: int, kind: str, links: np.ndarray, score: np.ndarray) -> None:
-        """:meth:`add` of a (series, time) matrix of scores whose series lie on these links, all times each."""
+        """:meth:`add` of a (series, time) matrix of scores whose series lie on these links, all times each.
+
+        Where the links are consecutive (a switch port signal covers every link in order),
+        the grid's rows are changed in place; otherwise they are gathered and put back.
+        """
         shape = (-1, score.shape[1])
+        consecutive = len(links) > 0 and links[-1] - links[0] == len(links) - 1 and bool((np.diff(links) == 1).all())
+        rows = slice(int(links[0]), int(links[-1]) + 1) if consecutive else links
         by_kind = self.worst[kind].reshape(shape)
-        by_kind[links] = np.maximum(by_kind[links], score)
         best, top = self.best.reshape(shape), self.top.reshape(shape)
-        current, current_top = best[links], top[links]
+        current_by_kind, current, current_top = by_kind[rows], best[rows], top[rows]
+        np.maximum(current_by_kind, score, out=current_by_kind)
         higher = score > current
-        current[higher] = score[higher]
+        np.copyto(current, score, where=higher)
         current_top[higher] = code
-        best[links], top[links] = current, current_top
+        if not consecutive:  # gathered rows are copies
+            by_kind[rows], best[rows], top[rows] = current_by_kind, current, current_top
         undefined = np.isnan(score)
         if undefined.any():
-            self.undefined.reshape(shape)[links] |= undefined
+            self.undefined.reshape(shape)[rows] |= undefined
 
     def present(self) -> np.ndarray:
         """Per cell, whether it has a highest score."""

@@ -292,3 +292,21 @@ def test_row_sums_mix_dense_and_gappy_columns_like_pandas():
         got = row_sums(frame, names)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_long_series_are_copied_run_by_run_to_the_rows_a_gather_gives(monkeypatch):
+    """Rows of long series are copied a run at a time; short ones are gathered. Both give the same frame."""
+    rng = np.random.default_rng(11)
+    frames = []
+    for port, length in (("swp1", 300), ("swp2", 1), ("swp3", 200)):
+        steps = rng.integers(1, 3, size=length).cumsum() * 10.0
+        totals = np.cumsum(rng.integers(0, 2**20, size=length).astype(float))
+        rows = [{"t": t, "ifHCOutOctets": v, "ifOutDiscards": v if i % 7 else None, "ifHighSpeed": 100000}
+                for i, (t, v) in enumerate(zip(steps, totals))]
+        frames.append(port_frame(rows, port=port))
+    frame = pd.concat(frames, ignore_index=True)
+    by_runs = rates(frame)
+    monkeypatch.setattr("detector.rates._ClosingRows.MIN_RUN", len(frame) + 1)
+    gathered = rates(frame)
+    assert len(by_runs) == 300 - 1 + 200 - 1
+    pd.testing.assert_frame_equal(by_runs, gathered, check_exact=True)
