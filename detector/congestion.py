@@ -581,7 +581,7 @@ class _ScoreGrid:
         the grid's rows are changed in place; otherwise they are gathered and put back.
         """
         shape = (-1, score.shape[1])
-        consecutive = len(links) > 0 and links[-1] - links[0] == len(links) - 1 and bool((np.diff(links) == 1).all())
+        consecutive = len(links) > 0 and bool((np.diff(links) == 1).all())
         rows = slice(int(links[0]), int(links[-1]) + 1) if consecutive else links
         by_kind = self.worst[kind].reshape(shape)
         best, top = self.best.reshape(shape), self.top.reshape(shape)
