@@ -225,7 +225,7 @@ def _job_samples(
     sample, at = _ranges(first, np.searchsorted(member_gpu[by_gpu], sample_gpu, "right") - first)
     member = by_gpu[at]
     stamp = times.as_unit("ns").asi8[time[sample]]
-    inside = (stamp > _nanoseconds(members["start"])[member]) & (stamp <= _nanoseconds(members["end"])[member])
+    inside = (stamp > _span_ends(members["start"])[member]) & (stamp <= _span_ends(members["end"])[member])
     sample, member = sample[inside], member[inside]
     job = jobs.get_indexer(members["job"])[member]
     # A job may list a GPU twice over a time: keep one sample per (job, GPU, time), taken as one integer.
@@ -241,13 +241,12 @@ def _job_samples(
     }), times
 
 
-def _nanoseconds(times: pd.Series) -> np.ndarray:
-    """Span ends as integer nanoseconds since the epoch; a missing one as the largest integer.
+def _span_ends(times: pd.Series) -> np.ndarray:
+    """Span ends as integer nanoseconds since the epoch (:func:`nanoseconds`); a missing one as the largest integer.
 
     A missing start then lets no time in (as ``NaT`` compares) and a missing end leaves the span open.
     """
-    index = pd.DatetimeIndex(times)
-    return np.where(index.isna(), np.iinfo(np.int64).max, index.as_unit("ns").asi8)
+    return np.where(times.isna().to_numpy(), np.iinfo(np.int64).max, nanoseconds(times))
 
 
 def _ranges(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -270,8 +269,8 @@ def _allocated(members: pd.DataFrame, member_job: np.ndarray, n_jobs: int, times
     steps per job, summed along the times.
     """
     stamps = times.as_unit("ns").asi8
-    first = np.searchsorted(stamps, _nanoseconds(members["start"]), "right")
-    stop = np.maximum(np.searchsorted(stamps, _nanoseconds(members["end"]), "right"), first)
+    first = np.searchsorted(stamps, _span_ends(members["start"]), "right")
+    stop = np.maximum(np.searchsorted(stamps, _span_ends(members["end"]), "right"), first)
     steps = np.zeros((n_jobs, len(stamps) + 1), dtype=int)
     np.add.at(steps, (member_job, first), 1)
     np.add.at(steps, (member_job, stop), -1)

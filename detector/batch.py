@@ -31,7 +31,7 @@ from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute
 from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
 from detector.detect import DetectionResult, DetectorSettings, _warnings
 from detector.episodes import build_episodes
-from detector.heap import freed_pages_kept, large_blocks_from_heap, large_blocks_mapped, release_free_heap
+from detector.heap import freed_pages_kept, large_blocks_from_heap, large_blocks_mapped
 from detector.jobs import Allocation
 from detector.pricing import Prices
 from detector.telemetry import Telemetry, TelemetryError, load_telemetry, used_fields
@@ -250,7 +250,6 @@ def detect_store(
                 del telemetry
             if progress:
                 progress(done, len(bounds))
-    release_free_heap()
     if step_s is None:
         raise TelemetryError("cannot tell the sampling interval: no series has two samples in the range")
     decided = Decided.concat(parts) if parts else empty_decided()

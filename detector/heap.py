@@ -27,8 +27,8 @@ def release_free_heap() -> None:
     A daemon step allocates hundreds of MB of frames and frees them again; glibc keeps
     much of that in its heap, scattered between live blocks, so without this the
     resident size swings by 200-400 MB from step to step and creeps up over the hours
-    (measured: deploy/README.md, "Running for months"). A batch run calls it once, after
-    its last window (:func:`freed_pages_kept`).
+    (measured: deploy/README.md, "Running for months"). A batch run gives its pages back
+    once, after its last window (:func:`freed_pages_kept`).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -51,7 +51,7 @@ def large_blocks_from_heap() -> Iterator[None]:
 
 @contextmanager
 def freed_pages_kept() -> Iterator[None]:
-    """Within the block, memory freed to the heap stays in the process; ``release_free_heap`` gives it back after.
+    """Within the block, memory freed to the heap stays in the process; it goes back when the block ends.
 
     glibc gives the heap's top back to the system whenever more than its trim threshold
     is free there. Windows of a batch run each need about as much memory as the one
@@ -69,6 +69,7 @@ def freed_pages_kept() -> Iterator[None]:
     finally:
         if _MALLOPT is not None:
             _MALLOPT(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
+        release_free_heap()
 
 
 @contextmanager

@@ -179,7 +179,9 @@ class _ClosingRows:
             self.runs = None
         else:
             ends = [*firsts[1:].tolist(), len(same_series)]
-            self.runs = [(first + 1, end, first - position) for position, (first, end) in enumerate(zip(firsts.tolist(), ends))]
+            # A series' first row at ``first``, the ``position``-th series: its kept rows land at ``first - position``.
+            self.runs = [(first + 1, end, first - position)
+                         for position, (first, end) in enumerate(zip(firsts.tolist(), ends))]
 
     def take(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``values[index]``, into ``out`` where given."""
