@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, factorize_runs, grid_codes,
-                            grid_step_ns, map_keys, map_series, nanoseconds, row_sums, sorted_positions)
+                            grid_step_ns, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
+                            utc_times)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -378,7 +379,7 @@ def link_congestion(
     # The hosts' sums only read the frames, and numpy and pandas' groupby sums release the GIL: on a
     # second core they run beside the scoring (a 1,024-GPU 8 h window: 8.5 s down to about 6).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-sums") as pool:
-        host_pause = pool.submit(_host_pause, pauses, ports, facing_host)
+        host_pause = pool.submit(_host_pause, pauses, ports, facing_host, grid_step_ns(telemetry.step_s))
         traffic = pool.submit(_host_traffic, telemetry, ports, facing_host)
         grid = _EvidenceGrid([frame for frame, _ in parts], grid_step_ns(telemetry.step_s))
         if grid.has_duplicates():
@@ -826,7 +827,7 @@ def _link_scores(evidence: pd.DataFrame) -> pd.DataFrame:
     return scores[columns].sort_values(["time", "link"]).reset_index(drop=True)
 
 
-def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Series) -> pd.DataFrame:
+def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Series, step_ns: int) -> pd.DataFrame:
     """Pauses each host sends: from its NICs' ethtool counters, and as its leaf ports receive them.
 
     Both ends count the same frames, so per host the larger of the two views is kept. The
@@ -848,7 +849,7 @@ def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Serie
         views.append((len(rows) - 1, names.index("pauses_sent"), 1, ports["pauses_in"].to_numpy(dtype=float)[facing]))
     if not views:
         return pd.DataFrame(columns=["time", "host", "signal", "value", "normal", "score"])
-    keys = _TimeHostKeys(rows)
+    keys = _TimeHostKeys(rows, step_ns)
     group = np.concatenate([np.where(keys.keys[which] >= 0, (keys.keys[which] * len(names) + code) * 2 + view, -1)
                             for which, code, view, _ in views])
     value = np.concatenate([values for *_, values in views])
@@ -898,7 +899,7 @@ def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Ser
                         [pd.DataFrame({"tx_bytes": sent[facing]}), pd.DataFrame({"rx_bytes": received[facing]})]))
     if not sources:
         return pd.DataFrame(columns=["time", "host", *columns])
-    keys = _TimeHostKeys([(times, hosts) for times, hosts, _ in sources])
+    keys = _TimeHostKeys([(times, hosts) for times, hosts, _ in sources], grid_step_ns(telemetry.step_s))
     size = len(keys.times) * keys.n_hosts
     present = np.zeros(size, dtype=bool)
     combined = {column: np.full(size, np.nan) for column in columns}
@@ -920,10 +921,14 @@ def _sums_by_key(values: pd.DataFrame, keys: np.ndarray, min_count: int = 0) -> 
     pandas' own groupby sums, so they are those of the groupby over the columns the keys
     code to the last bit: pandas sums sorted keys by ``reduceat`` (unless a column of the
     block has a NaN), others by compensated summation, and the same rows in the same order
-    (a missing key as a NaN one) and the same blocks make the same choice.
+    (a missing key as a NaN one) and the same blocks make the same choice. The keys go to
+    pandas as a categorical of the keys present, so pandas takes its group codes as they are
+    instead of hashing millions of keys to find them.
     """
-    sums = values.groupby(np.where(keys >= 0, keys, np.nan)).sum(min_count=min_count)
-    sums.index = sums.index.astype(np.int64)
+    codes, present = key_codes(keys)
+    groups = pd.Categorical.from_codes(codes, categories=pd.Index(present), validate=False)
+    sums = values.groupby(groups, observed=False).sum(min_count=min_count)
+    sums.index = present
     return sums
 
 
@@ -932,11 +937,12 @@ class _TimeHostKeys:
 
     Times and hosts are coded in the order a groupby sorts them (-1 where either is
     missing, rows a groupby drops), so sorting keys sorts rows by time, then host.
+    Times on the grid of ``step_ns`` are coded by arithmetic (:func:`grid_codes`).
     """
 
-    def __init__(self, columns: list[tuple[pd.Series, pd.Series]]) -> None:
-        time_codes, self.times = pd.factorize(pd.concat([times for times, _ in columns], ignore_index=True),
-                                              sort=True)
+    def __init__(self, columns: list[tuple[pd.Series, pd.Series]], step_ns: int) -> None:
+        time_codes, times = grid_codes(np.concatenate([nanoseconds(times) for times, _ in columns]), step_ns)
+        self.times = utc_times(times)
         host_codes, self.hosts = factorize_runs(pd.concat([hosts for _, hosts in columns], ignore_index=True),
                                                 sort=True)
         self.n_hosts = max(len(self.hosts), 1)

@@ -245,6 +245,27 @@ def grid_codes(ns: np.ndarray, step_ns: int) -> tuple[np.ndarray, np.ndarray]:
     return codes, np.asarray(uniques, dtype="datetime64[ns]").view(np.int64)
 
 
+def key_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize(keys, sort=True)`` of integer keys, negative ones missing (code -1): codes and the keys present.
+
+    Keys that span no more than a few times their count are marked on a table, so
+    there is no hash table of millions of entries; sparser ones are sorted.
+    """
+    valid = keys >= 0
+    if not valid.any():
+        return np.full(len(keys), -1, dtype=np.int64), np.empty(0, dtype=np.int64)
+    span = int(keys.max()) + 1
+    if span > 4 * len(keys):
+        present, inverse = np.unique(keys[valid], return_inverse=True)
+        codes = np.full(len(keys), -1, dtype=np.int64)
+        codes[valid] = inverse
+        return codes, present.astype(np.int64)
+    marked = np.zeros(span, dtype=bool)
+    marked[keys[valid]] = True
+    rank = np.cumsum(marked) - 1
+    return np.where(valid, rank[np.where(valid, keys, 0)], -1), np.flatnonzero(marked)
+
+
 def _time_ns(column: pd.Series, source: str) -> np.ndarray:
     try:
         stamps = pd.to_datetime(column, utc=True)

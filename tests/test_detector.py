@@ -12,7 +12,7 @@ import pytest
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
 from detector.attribution import IDENTITY, NETWORK, AttributionSettings, attribute, idle_loss_model
-from detector.congestion import UTILIZATION_CAP, _sum, link_congestion
+from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
 from detector.evaluation import Accuracy, evaluate
@@ -199,6 +199,26 @@ def test_signal_sums_are_pandas_row_sums_to_the_bit():
             both = ~np.isnan(expected.to_numpy())
             assert (got.to_numpy()[both].view(np.int64) == expected.to_numpy()[both].view(np.int64)).all(), names
     assert _sum(frame, ["missing"]) is None
+
+
+def test_host_sums_are_pandas_groupby_sums_to_the_bit():
+    """Sums per integer key are those of a groupby over the keys, whichever way pandas sums (sorted or not, NaN or not)."""
+    rng = np.random.default_rng(9)
+    choices = [0.1, 0.2, 0.3, 1e16, -1e16, 1.0, 1e-3, -0.0]
+    for sorted_keys in (True, False):
+        for gaps in (False, True):
+            keys = rng.integers(-1, 300, 20000)
+            if sorted_keys:
+                keys.sort()
+            values = pd.DataFrame({"tx": rng.choice(choices, len(keys)), "rx": rng.choice(choices, len(keys))})
+            if gaps:
+                values = values.mask(rng.random(values.shape) < 0.1)
+            for min_count in (0, 1):
+                expected = values.groupby(np.where(keys >= 0, keys, np.nan)).sum(min_count=min_count)
+                got = _sums_by_key(values, keys, min_count)
+                np.testing.assert_array_equal(got.index.to_numpy(), expected.index.to_numpy().astype(np.int64))
+                for column in values.columns:
+                    assert got[column].to_numpy().tobytes() == expected[column].to_numpy().tobytes(), column
 
 
 @pytest.mark.parametrize("which", ["fixture", "simulated"])

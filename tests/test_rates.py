@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from detector.rates import (RatesError, counter_rates, distinct_rows, factorize_runs, grid_codes, group_codes, in_order,
-                            row_sums)
+                            key_codes, row_sums)
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -282,6 +282,26 @@ def test_grid_codes_are_pandas_sorted_factorize_on_and_off_the_grid():
         want_codes, want_times = pd.factorize(ns.view("datetime64[ns]"), sort=True)
         np.testing.assert_array_equal(codes, want_codes)
         np.testing.assert_array_equal(times, np.asarray(want_times, dtype="datetime64[ns]").view(np.int64))
+
+
+def test_key_codes_are_pandas_sorted_factorize_of_the_keys_present():
+    """Keys coded on a table of marks or, when sparse, by a sort; a negative key is missing (-1) either way."""
+    rng = np.random.default_rng(5)
+    cases = [
+        rng.integers(0, 40, 200),  # dense: a table of marks
+        np.where(rng.random(200) < 0.2, -1, rng.integers(0, 40, 200)),  # with missing keys
+        np.array([3, 10**9, 3, -1, 7]),  # too sparse for a table
+        np.array([-1, -1]),
+        np.empty(0, dtype=np.int64),
+    ]
+    for keys in cases:
+        keys = np.asarray(keys, dtype=np.int64)
+        codes, present = key_codes(keys)
+        valid = keys >= 0
+        want_codes, want_present = pd.factorize(keys[valid], sort=True)
+        np.testing.assert_array_equal(codes[valid], want_codes)
+        np.testing.assert_array_equal(codes[~valid], -1)
+        np.testing.assert_array_equal(present, want_present)
 
 
 def test_row_sums_mix_dense_and_gappy_columns_like_pandas():
