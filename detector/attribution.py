@@ -32,7 +32,11 @@ and no host of the job is to blame. A host is to blame when it sends PFC pauses
 (a slow receiver back-pressuring the fabric) or straggles (its GPUs busy,
 against its own healthy level, while its peers wait), unless the path shows
 local trouble away from that host's own links: the drops and marks on the leaf
-port facing a receiver that cannot keep up are the receiver's doing. Without
+port facing a receiver that cannot keep up are the receiver's doing. Where a
+suspect host and such trouble meet, the fabric is charged what the job waited
+when its fabric was in as much trouble without a suspect host, and the host the
+rest: an uplink that always drops a little keeps costing what it cost before a
+host turned slow, and no more. Without
 utilization, idle GPUs that write (checkpoint) or fall silent count as
 host-side, everything else as waiting.
 
@@ -110,6 +114,9 @@ class AttributionSettings:
     fed_share: float = 0.9
     """Utilization at least this share of its healthy (top) level: the host fed the GPUs in that interval."""
     min_baseline_intervals: int = 3
+    shared_blame_ratio: float = 1.5
+    """Where a suspect host and the fabric's own trouble meet, the fabric is charged what the job waited in
+    intervals without a suspect host whose fabric trouble was within this factor (see :func:`_fabric_cost`)."""
     min_fit_intervals: int = 8
     """Clean-path intervals needed to fit the idle-to-loss map, with some idle time among them."""
 
@@ -656,11 +663,16 @@ def _split(
     host_side = np.where(~kernel_known & idle & quiet & ~long_silence, loss, host_side)
     waiting = loss - host_side
 
-    # A host of the job that pauses or straggles explains the waiting, unless the fabric has trouble of its own.
-    host_to_blame = suspected & (fabric_score < settings.congested)
-    congested = path_score >= settings.congested
     # GPUs with (almost) no kernel to run were not waiting in a collective: whatever the path, not network.
-    network = np.where(congested & ~host_to_blame & ~quiet & ~long_silence & ~no_kernel, waiting, 0.0)
+    waited_on_path = (path_score >= settings.congested) & ~quiet & ~long_silence & ~no_kernel
+    # A host of the job that pauses or straggles explains the waiting, unless the fabric has trouble of its own;
+    # then the fabric is charged what that much trouble costs the job without a suspect host, the host the rest.
+    fabric_trouble = fabric_score >= settings.congested
+    network = np.where(waited_on_path & (~suspected | fabric_trouble), waiting, 0.0)
+    shared = waited_on_path & suspected & fabric_trouble
+    if shared.any():
+        network[shared] = np.minimum(waiting[shared], _fabric_cost(
+            waiting, fabric_score, waited_on_path & ~suspected, np.flatnonzero(shared), settings))
     network = np.where(network >= noise, network, 0.0)
     other = loss - network
 
@@ -672,6 +684,28 @@ def _split(
     cause[suspected & ~host_side_dominant & ~long_silence] = SLOW_HOST
     cause[other < noise] = ""
     return network, np.where(cause != "", other, 0.0), cause
+
+
+def _fabric_cost(
+    waiting: np.ndarray, fabric_score: np.ndarray, reference: np.ndarray, at: np.ndarray,
+    settings: AttributionSettings,
+) -> np.ndarray:
+    """What the fabric's own trouble cost the job at intervals ``at``, where a suspect host waits as well.
+
+    The median waiting share of ``reference`` intervals (congested, no suspect host) whose fabric
+    score lies within ``shared_blame_ratio`` of the interval's: a chronically congested uplink
+    keeps costing what it cost before a host turned slow, and the host's own share is not the
+    fabric's. With too few such intervals the fabric's cost cannot be told apart, and the whole
+    waiting share stays the fabric's (infinity here).
+    """
+    order = np.flatnonzero(reference)
+    order = order[np.argsort(fabric_score[order], kind="stable")]
+    scores, waited = fabric_score[order], waiting[order]
+    low = np.searchsorted(scores, fabric_score[at] / settings.shared_blame_ratio, side="left")
+    high = np.searchsorted(scores, fabric_score[at] * settings.shared_blame_ratio, side="right")
+    return np.array([np.median(waited[a:b]) if b - a >= settings.min_baseline_intervals else np.inf
+                     for a, b in zip(low, high)])
+
 
 def _run_lengths(flags: np.ndarray) -> np.ndarray:
     """For each True, the length of the run of Trues it belongs to (0 for False)."""

@@ -11,7 +11,7 @@ import pytest
 
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
-from detector.attribution import IDENTITY, NETWORK, AttributionSettings, attribute, idle_loss_model
+from detector.attribution import IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _split, attribute, idle_loss_model
 from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
@@ -338,6 +338,29 @@ def test_evaluation_matches_jobs_and_times_and_either_end_of_an_uplink(scenario)
     wrong = evaluate(result, [true("train-a", 4, 8, "checkpoint")], topology, allocations)
     assert wrong.precision == 0.0 and wrong.confounders_blamed_on_network == 1
     assert wrong.false_network_dollars == pytest.approx(result.totals()["dollars_lost"], abs=0.01)
+
+
+def test_a_slow_host_on_a_chronically_congested_fabric_is_charged_beyond_what_the_fabric_costs():
+    """Uplinks that always drop a little cost the job 2%; a host that turns slow costs it 30% more, and that is
+    the host's. Where the fabric's trouble is unlike any seen without a suspect host, all waiting stays the fabric's."""
+    settings = AttributionSettings()
+    n = 60
+    loss = np.full(n, 0.02)
+    fabric_score = np.full(n, 2.0)
+    suspected = np.zeros(n, dtype=bool)
+    loss[:5], fabric_score[:5] = 0.0, 0.0  # a clean stretch: the job's healthy traffic
+    loss[40:50], suspected[40:50] = 0.32, True
+    fabric_score[48:50] = 20.0  # the fabric much worse than ever without the slow host
+    busy = 60.0 * (1 - loss)
+    traffic = np.full(n, 1e10)
+    network, other, cause = _split(loss, np.zeros(n), busy, 60.0, 0.01, traffic, traffic, fabric_score, fabric_score,
+                                   suspected, IDENTITY, 4, settings)
+    np.testing.assert_allclose(network[5:40], 0.02)
+    np.testing.assert_allclose(network[40:48], 0.02)
+    np.testing.assert_allclose(other[40:48], 0.30)
+    assert set(cause[40:48]) == {SLOW_HOST}
+    np.testing.assert_allclose(network[48:50], 0.32)
+    assert (other[48:50] == 0).all()
 
 
 def test_switch_vendor_pause_counters(scenario):
