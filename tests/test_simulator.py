@@ -179,6 +179,25 @@ def test_healthy_cluster_loses_nothing():
     assert sim.ground_truth.episodes == []
 
 
+def test_rings_that_share_uplinks_lose_to_contention():
+    """More rails than uplinks: a job across leaves shares uplinks with itself, and the truth charges the fabric."""
+    config = SHORT.with_(duration=timedelta(minutes=20), events=False, checkpoints=False, hosts=4, leaves=2,
+                         spines=2, uplinks_per_leaf=4, uplink_gbps=400, seed=1)
+    _, sim = simulate(config)
+    across = {job.name for job in sim.jobs if len({int(sim.cluster.host_leaf[h]) for h in job.hosts}) > 1}
+    assert across
+    episodes = sim.ground_truth.episodes
+    assert episodes and {e.job for e in episodes} == across
+    uplinks = {name for link in range(sim.cluster.first_uplink, sim.cluster.first_storage)
+               for name in sim.cluster.link_ids(link)}
+    for episode in episodes:
+        assert episode.network and episode.cause == "congestion" and episode.event == "congestion/contention"
+        assert episode.links and set(episode.links) <= uplinks
+    for item in sim.ground_truth.iter_intervals():
+        assert (item.network_gpu_seconds_lost > 0) == (item.job in across)
+        assert item.other_gpu_seconds_lost == 0
+
+
 def test_totals_add_up(default_run):
     _, sim = default_run
     truth = sim.ground_truth

@@ -23,10 +23,15 @@ link: by the fabric in a PFC storm, by a slow host that cannot drain its NICs.
 
 Ground truth. The same solve is run a second time for the counterfactual with a
 healthy network (no network event: default routes, no bulk traffic, no loss, no
-fabric pauses) but every host-side problem kept. With ``T0`` the job's healthy
-step time, ``T`` its step time and ``Tc`` the counterfactual's, progress
-``r = T0 / T``; network loss ``n * dt * (T0/Tc - T0/T)``; other loss
-``n * dt * (1 - T0/Tc)``. Checkpointing and hung jobs make no progress.
+fabric pauses, and uplinks that never run out of capacity) but every host-side
+problem kept. With ``T0`` the job's healthy step time, ``T`` its step time and
+``Tc`` the counterfactual's, progress ``r = T0 / T``; network loss
+``n * dt * (T0/Tc - T0/T)``; other loss ``n * dt * (1 - T0/Tc)``. Checkpointing
+and hung jobs make no progress. Network loss with no network event touching the
+job is contention: its rings share an uplink with other rings on their default
+routes (more rails than uplinks per leaf, jobs across leaves). It is the
+fabric's loss too, with the uplinks where the job's rings were held back as its
+links (:data:`CONTENTION`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.simulator.cluster import DOWN, UP, Cluster
+from detector.simulator.cluster import DOWN, UP, UPLINK, Cluster
 from detector.simulator.config import NETWORK_CAUSES, SimConfig
 from detector.simulator.schedule import HEALTHY_LINK_EFFICIENCY, Event, Job, Plan
+
+CONTENTION = Event(id=-2, kind="congestion", variant="contention", start_step=0, end_step=0,
+                   detail="rings held back on uplinks they share on their default routes; no event injected")
+"""The cause of network loss that no injected event explains (see the module docstring)."""
 
 # Packets and protocol ------------------------------------------------------------
 PACKET_BYTES = 4160
@@ -294,6 +303,11 @@ class FabricModel:
         self.dl_pause_frames_per_s = np.append(
             np.repeat(2 * c.link_gbps * 1e9 / PAUSE_QUANTA_BITS, 2), 0.0)
         self.storage_uplink = (c.nic_host + c.nic_rail) % c.uplinks_per_leaf
+        uplinks = np.flatnonzero(c.link_kind == UPLINK)
+        self.uplink_dl = np.concatenate([c.dl(uplinks, UP), c.dl(uplinks, DOWN)])
+        is_uplink_dl = np.zeros(c.n_dl + 1, dtype=bool)
+        is_uplink_dl[self.uplink_dl] = True
+        self.is_uplink_dl = is_uplink_dl
 
         # Counters. Bytes per directed link since the start (both ends of a link count these).
         self.dl_bytes = np.zeros(c.n_dl, dtype=np.int64)
@@ -471,15 +485,18 @@ class FabricModel:
         goodput = 1.0 / (1.0 + LOSS_PENALTY_PACKETS * dl_loss)
         actual = self._solve(flows, flows.path, flows.own, flows.n_own, demand, capacity, goodput, compute_s,
                              conditions.stall_s, running)
+        uncontended = capacity_host.copy()
+        uncontended[self.uplink_dl] = np.inf
         healthy = self._solve(flows, flows.path_healthy, flows.own_healthy, flows.n_own_healthy, demand_healthy,
-                              capacity_host, np.ones(c.n_dl + 1), compute_s, conditions.stall_s, running)
+                              uncontended, np.ones(c.n_dl + 1), compute_s, conditions.stall_s, running)
 
         progress = np.where(running, self.healthy_step_s / np.maximum(actual.step_s, 1e-12), 0.0)
         progress_healthy = np.where(running, self.healthy_step_s / np.maximum(healthy.step_s, 1e-12), 0.0)
         gpu_seconds = self.job_gpus * dt
         network_loss = np.maximum(gpu_seconds * (progress_healthy - progress), 0.0)
         other_loss = gpu_seconds * (1.0 - progress_healthy)
-        self._record_truth(step, active_jobs, progress, network_loss, other_loss, conditions, flows)
+        self._record_truth(step, active_jobs, progress, network_loss, other_loss, conditions, flows,
+                           self._held_back_uplinks(flows, actual, capacity))
 
         traffic = self._traffic(flows, actual, demand, capacity, dl_loss, running)
         self._count_nics(flows, traffic, conditions)
@@ -693,8 +710,18 @@ class FabricModel:
         self.uptime_ticks += np.uint64(round(self.dt * 100))
 
     # Ground truth -------------------------------------------------------------------
+    def _held_back_uplinks(self, flows: FlowSet, actual: Solution, capacity: np.ndarray) -> dict[int, set[int]]:
+        """Per job: the uplinks (physical links) where its rings saw more load than the link carries."""
+        ring_hops = (flows.kind == RING)[:, None] & self.is_uplink_dl[flows.path]
+        flow, hop = np.nonzero(ring_hops & (actual.seen > capacity[flows.path]))
+        held: dict[int, set[int]] = {}
+        for job, link in zip(flows.job[flow].tolist(), (flows.path[flow, hop] // 2).tolist()):
+            held.setdefault(job, set()).add(link)
+        return held
+
     def _record_truth(self, step: int, active_jobs: list[Job], progress: np.ndarray, network_loss: np.ndarray,
-                      other_loss: np.ndarray, conditions: Conditions, flows: FlowSet) -> None:
+                      other_loss: np.ndarray, conditions: Conditions, flows: FlowSet,
+                      held_back: dict[int, set[int]]) -> None:
         indices = np.array([job.index for job in active_jobs], dtype=np.int64)
         network_event = np.full(len(indices), -1)
         other_event = np.full(len(indices), -1)
@@ -708,6 +735,10 @@ class FabricModel:
                     links[int(index)] = tuple(sorted(
                         name for link in (touched or event.links) for name in self.cluster.link_ids(link)))
                     break
+            if network_event[position] < 0 and network_loss[index] > 0 and int(index) in held_back:
+                network_event[position] = CONTENTION.id
+                links[int(index)] = tuple(sorted(
+                    name for link in held_back[int(index)] for name in self.cluster.link_ids(link)))
             own = conditions.confounders.get(int(index), [])
             if own:
                 chosen = min(own, key=lambda event: _CONFOUNDER_PRIORITY.index(event.kind))

@@ -21,7 +21,7 @@ import numpy as np
 from detector.jobs import format_time
 from detector.simulator.cluster import Cluster
 from detector.simulator.config import CONFOUNDERS, NETWORK_CAUSES, UNALLOCATED, SimConfig
-from detector.simulator.model import StepTruth
+from detector.simulator.model import CONTENTION, StepTruth
 from detector.simulator.schedule import Event, Job
 
 LOSS_EPSILON = 1e-9
@@ -81,7 +81,7 @@ class GroundTruth:
         self.jobs = jobs
         self.events = events
         self._steps = steps
-        self._events = {event.id: event for event in events}
+        self._events = {event.id: event for event in [*events, CONTENTION]}
         self._dt = timedelta(seconds=config.interval_s)
 
     def _time(self, step: int) -> datetime:
@@ -92,7 +92,7 @@ class GroundTruth:
         return len(self._steps)
 
     def _cause(self, event_id: int) -> str | None:
-        return self._events[event_id].kind if event_id >= 0 else None
+        return self._events[event_id].kind if event_id in self._events else None
 
     def iter_intervals(self) -> Iterator[IntervalTruth]:
         """Every interval of every job that was running, in time order."""
@@ -137,7 +137,7 @@ class GroundTruth:
                     (True, int(truth.network_event[i]), float(truth.network_loss[i])),
                     (False, int(truth.other_event[i]), float(truth.other_loss[i])),
                 ):
-                    if event_id < 0 or lost <= threshold * gpus:
+                    if event_id not in self._events or lost <= threshold * gpus:
                         continue
                     key = (job_index, event_id, network)
                     seen.add(key)
