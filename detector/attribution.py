@@ -114,6 +114,9 @@ class AttributionSettings:
     fed_share: float = 0.9
     """Utilization at least this share of its healthy (top) level: the host fed the GPUs in that interval."""
     min_baseline_intervals: int = 3
+    chronic_ratio: float = 2.0
+    """A link whose score is within this factor of its usual (median) score for the job is congested as usual,
+    and ranks after links whose trouble is new (see :func:`_path_state`)."""
     shared_blame_ratio: float = 1.5
     """Where a suspect host and the fabric's own trouble meet, the fabric is charged what the job waited in
     intervals without a suspect host whose fabric trouble was within this factor (see :func:`_fabric_cost`)."""
@@ -510,7 +513,10 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
 
     A link is blamed when it is congested, or saturated (local evidence of its
     own) on a congested path; links with local evidence rank before links that
-    only see congestion from their end.
+    only see congestion from their end. A link congested as usual for this job
+    (its score within ``chronic_ratio`` of its median over the job's intervals,
+    a median that is congested itself) ranks after links whose trouble is new:
+    an uplink that always drops a little is not what a PFC storm's episode is about.
     """
     path_score = np.fmax.reduce(path.score, axis=1, initial=np.nan)
     local_score = np.fmax.reduce(path.local, axis=1, initial=np.nan)
@@ -521,9 +527,14 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
     row, column = np.nonzero((score >= settings.congested) | (local >= settings.clean))
     if len(row):
         score, local = score[row, column], local[row, column]
-        # Worst local evidence first, then worst score, missing ones last; then by name (the columns' order).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a link with no score at all: no usual level
+            usual = np.nanmedian(path.score, axis=0)[column]
+        chronic = (usual >= settings.congested) & (score <= settings.chronic_ratio * usual)
+        # New trouble before usual; then worst local evidence, then worst score, missing ones last; then by
+        # name (the columns' order).
         order = np.lexsort((column, -np.where(np.isnan(score), 0.0, score), np.isnan(score),
-                            -np.where(np.isnan(local), 0.0, local), np.isnan(local), row))
+                            -np.where(np.isnan(local), 0.0, local), np.isnan(local), chronic, row))
         row, column = row[order], column[order]
         starts = np.flatnonzero(np.diff(row, prepend=-1))
         for start, blamed in zip(starts, np.split(column, starts[1:])):

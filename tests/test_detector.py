@@ -11,7 +11,8 @@ import pytest
 
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
-from detector.attribution import IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _split, attribute, idle_loss_model
+from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _PathScores, _path_state,
+                                  _split, attribute, idle_loss_model)
 from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
@@ -361,6 +362,25 @@ def test_a_slow_host_on_a_chronically_congested_fabric_is_charged_beyond_what_th
     assert set(cause[40:48]) == {SLOW_HOST}
     np.testing.assert_allclose(network[48:50], 0.32)
     assert (other[48:50] == 0).all()
+
+
+def test_links_congested_as_usual_rank_after_new_trouble():
+    """An uplink that always drops a little (local evidence, score 3) is blamed after a PFC storm's leaf port
+    (pauses only, score 120) while the storm lasts; an uplink whose trouble is new keeps its place first."""
+    names = np.array(["leaf01:swp1", "leaf01:swp33"])
+    score = np.zeros((20, 2))
+    local = np.zeros((20, 2))
+    score[:, 1], local[:, 1] = 3.0, 3.0  # the uplink, always
+    score[10:13, 0] = 120.0  # the storm
+    path = _PathScores(names, np.array([0, -1]), score, local)
+    _, _, links = _path_state(path, AttributionSettings())
+    assert links[0] == ("leaf01:swp33",)
+    assert all(blamed == ("leaf01:swp1", "leaf01:swp33") for blamed in links[10:13])
+
+    score[:, 1], local[:, 1] = 0.0, 0.0
+    score[10:13, 1], local[10:13, 1] = 3.0, 3.0  # the uplink's trouble is new as well
+    _, _, links = _path_state(_PathScores(names, np.array([0, -1]), score, local), AttributionSettings())
+    assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
 
 
 def test_switch_vendor_pause_counters(scenario):
