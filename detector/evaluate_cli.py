@@ -1,6 +1,7 @@
 """``strandwatch evaluate``: the detector against the simulator's ground truth, over many scenarios.
 
-    strandwatch evaluate [--quick] [--scenario NAME ...] [--workers N] [--format table|json] [--list]
+    strandwatch evaluate [--quick] [--scenario NAME ...] [--seed-offset N] [--workers N] [--format table|json]
+                         [--list]
 
 runs seeded simulator scenarios of different shapes (cluster sizes, leaves and
 spines, NICs per host, GPU models, sampling intervals, job mixes, each kind of
@@ -21,6 +22,9 @@ Goals (the issue's): F1 >= 0.95, link accuracy >= 0.95, |dollar error| <= 5%
 least ``MIN_DOLLARS_FOR_ERROR``), confounder false dollars <= 1%. Exit status 0
 when every goal is met, 1 when one is missed, 2 for bad arguments.
 
+``--seed-offset N`` adds N to every scenario's seed: the same shapes with other
+jobs, placements and events, to check that the figures are not those of one draw.
+
 Scenarios run straight through ``simulate()`` (no sockets), in parallel worker
 processes; the default set takes a few minutes on two cores, ``--quick`` well
 under a minute.
@@ -34,7 +38,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Callable, Sequence, TextIO
 
@@ -62,6 +66,12 @@ class Scenario:
     kind: str
     """``mixed`` (every event kind), ``network`` (network trouble only) or ``confounder`` (no network trouble)."""
     about: str
+
+
+def with_seed_offset(scenario: Scenario, offset: int) -> Scenario:
+    """The scenario with ``offset`` added to its seed, named ``name+offset``."""
+    config = scenario.config.with_(seed=scenario.config.seed + offset)
+    return replace(scenario, name=f"{scenario.name}+{offset}", config=config)
 
 
 def _hours(value: float) -> timedelta:
@@ -284,6 +294,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", action="append", metavar="NAME",
                         help="run only this scenario (repeatable; see --list)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--seed-offset", type=int, default=0, metavar="N",
+                        help="add N to every scenario's seed: the same shapes, other draws (default 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="scenarios run in parallel (default: the number of CPUs)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
@@ -310,6 +322,11 @@ def run_evaluate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     if args.workers < 1:
         print(f"strandwatch evaluate: error: --workers must be >= 1, got {args.workers}", file=err)
         return 2
+    if args.seed_offset < 0:
+        print(f"strandwatch evaluate: error: --seed-offset must be >= 0, got {args.seed_offset}", file=err)
+        return 2
+    if args.seed_offset:
+        scenarios = [with_seed_offset(scenario, args.seed_offset) for scenario in scenarios]
 
     began = time.perf_counter()
 

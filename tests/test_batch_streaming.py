@@ -14,7 +14,7 @@ from collector.frames import points_to_frames
 from collector.store import EmbeddedStore
 from detector.batch import WindowSettings, detect_store
 from detector.detect import detect
-from detector.evaluate_cli import add_evaluate_arguments, run_evaluate
+from detector.evaluate_cli import add_evaluate_arguments, quick_scenarios, run_evaluate, with_seed_offset
 from detector.offline import add_detect_arguments, parse_since, run_detect
 from detector.simulator import SimConfig, Simulation
 
@@ -140,3 +140,21 @@ def test_evaluate_quick_meets_the_goals():
     assert code == 0, data["summary"]
     assert [s["name"] for s in data["scenarios"]] == ["quick-mixed", "quick-congestion", "quick-confounders"]
     assert data["summary"]["f1"] >= 0.95 and data["summary"]["confounder_false_share"] <= 0.01
+
+
+def test_evaluate_seed_offset_runs_the_same_shapes_on_other_draws():
+    quick = {scenario.name: scenario for scenario in quick_scenarios()}
+    moved = with_seed_offset(quick["quick-confounders"], 100)
+    assert moved.name == "quick-confounders+100"
+    assert moved.config == quick["quick-confounders"].config.with_(seed=quick["quick-confounders"].config.seed + 100)
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    out = io.StringIO()
+    code = run_evaluate(parser.parse_args(["--scenario", "quick-confounders", "--seed-offset", "100", "--workers", "1",
+                                           "--format", "json"]), out, io.StringIO())
+    data = json.loads(out.getvalue())
+    assert code == 0, data["summary"]
+    assert [s["name"] for s in data["scenarios"]] == ["quick-confounders+100"]
+    err = io.StringIO()
+    assert run_evaluate(parser.parse_args(["--quick", "--seed-offset", "-1"]), io.StringIO(), err) == 2
+    assert "--seed-offset must be >= 0" in err.getvalue()
