@@ -527,9 +527,10 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
     row, column = np.nonzero((score >= settings.congested) | (local >= settings.clean))
     if len(row):
         score, local = score[row, column], local[row, column]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a link with no score at all: no usual level
-            usual = np.nanmedian(path.score, axis=0)[column]
+        blamed = np.unique(column)
+        usual = np.full(path.score.shape[1], np.nan)
+        usual[blamed] = _column_medians(path.score[:, blamed])
+        usual = usual[column]
         chronic = (usual >= settings.congested) & (score <= settings.chronic_ratio * usual)
         # New trouble before usual; then worst local evidence, then worst score, missing ones last; then by
         # name (the columns' order).
@@ -540,6 +541,16 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
         for start, blamed in zip(starts, np.split(column, starts[1:])):
             links[congested[row[start]]] = tuple(path.names[blamed])
     return np.where(np.isnan(path_score), 0.0, path_score), np.where(np.isnan(local_score), 0.0, local_score), links
+
+
+def _column_medians(matrix: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(matrix, axis=0)`` from one sort of all columns (NaN where a column has no value)."""
+    ordered = np.sort(matrix, axis=0)  # NaN last
+    counts = np.count_nonzero(~np.isnan(matrix), axis=0)
+    known = np.maximum(counts, 1)  # a column without values: any row, NaN below
+    columns = np.arange(matrix.shape[1])
+    middle = (ordered[(known - 1) // 2, columns] + ordered[known // 2, columns]) / 2
+    return np.where(counts > 0, middle, np.nan)
 
 
 def _fabric_score(path: _PathScores, hosts: np.ndarray, suspects: np.ndarray) -> np.ndarray:

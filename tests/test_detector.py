@@ -11,8 +11,8 @@ import pytest
 
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
-from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _PathScores, _path_state,
-                                  _split, attribute, idle_loss_model)
+from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _column_medians, _PathScores,
+                                  _path_state, _split, attribute, idle_loss_model)
 from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
@@ -381,6 +381,17 @@ def test_links_congested_as_usual_rank_after_new_trouble():
     score[10:13, 1], local[10:13, 1] = 3.0, 3.0  # the uplink's trouble is new as well
     _, _, links = _path_state(_PathScores(names, np.array([0, -1]), score, local), AttributionSettings())
     assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
+
+
+def test_column_medians_are_numpys_nanmedian():
+    rng = np.random.default_rng(4)
+    for shape in [(1, 3), (5, 4), (6, 7), (300, 20)]:
+        matrix = rng.normal(size=shape)
+        matrix[rng.random(shape) < 0.3] = np.nan
+        matrix[:, 0] = np.nan
+        with pytest.warns(RuntimeWarning):
+            expected = np.nanmedian(matrix, axis=0)
+        np.testing.assert_array_equal(_column_medians(matrix), expected)
 
 
 def test_switch_vendor_pause_counters(scenario):
