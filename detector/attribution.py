@@ -695,7 +695,7 @@ def _split(
     if shared.any():
         network[shared] = np.minimum(waiting[shared], _fabric_cost(
             waiting, fabric_score, waited_on_path & ~suspected, np.flatnonzero(shared), settings))
-    network = np.where(network >= noise, network, 0.0)
+    network = np.where(_beside_loud(network, noise), network, 0.0)
     other = loss - network
 
     host_side_dominant = host_side >= waiting
@@ -706,6 +706,20 @@ def _split(
     cause[suspected & ~host_side_dominant & ~long_silence] = SLOW_HOST
     cause[other < noise] = ""
     return network, np.where(cause != "", other, 0.0), cause
+
+
+def _beside_loud(share: np.ndarray, noise: float) -> np.ndarray:
+    """Where ``share`` counts: at least ``noise``, or at least half of it in a run of such intervals that
+    reaches one at least ``noise`` (hysteresis: a degradation's early, quieter intervals join its loud ones)."""
+    loud = share >= noise
+    quiet = share >= noise / 2
+    starts = np.flatnonzero(quiet & ~np.r_[False, quiet[:-1]])
+    if not len(starts):
+        return loud
+    run = np.cumsum(quiet & ~np.r_[False, quiet[:-1]]) - 1
+    has_loud = np.zeros(len(starts), dtype=bool)
+    np.logical_or.at(has_loud, run[loud], True)
+    return quiet & has_loud[np.maximum(run, 0)]
 
 
 def _fabric_cost(

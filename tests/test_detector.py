@@ -11,8 +11,8 @@ import pytest
 
 from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
-from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _column_medians, _PathScores,
-                                  _path_state, _split, attribute, idle_loss_model)
+from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _beside_loud, _column_medians,
+                                  _PathScores, _path_state, _split, attribute, idle_loss_model)
 from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
 from detector.detect import detect
 from detector.episodes import EpisodeSettings, episode_ids
@@ -381,6 +381,16 @@ def test_links_congested_as_usual_rank_after_new_trouble():
     score[10:13, 1], local[10:13, 1] = 3.0, 3.0  # the uplink's trouble is new as well
     _, _, links = _path_state(_PathScores(names, np.array([0, -1]), score, local), AttributionSettings())
     assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
+
+
+def test_quieter_network_shares_count_only_beside_loud_ones():
+    """A degradation ramps up: its quieter intervals (half the noise floor or more) join the loud ones next
+    to them; as quiet a run that never gets loud is noise."""
+    share = np.array([0.0, 0.006, 0.008, 0.012, 0.02, 0.007, 0.0, 0.007, 0.008, 0.004, 0.011])
+    np.testing.assert_array_equal(_beside_loud(share, 0.01), [False, True, True, True, True, True, False,
+                                                              False, False, False, True])
+    assert not _beside_loud(np.zeros(3), 0.01).any()
+    assert not _beside_loud(np.array([]), 0.01).any()
 
 
 def test_column_medians_are_numpys_nanmedian():
