@@ -711,14 +711,13 @@ def _split(
 def _beside_loud(share: np.ndarray, noise: float) -> np.ndarray:
     """Where ``share`` counts: at least ``noise``, or at least half of it in a run of such intervals that
     reaches one at least ``noise`` (hysteresis: a degradation's early, quieter intervals join its loud ones)."""
-    loud = share >= noise
     quiet = share >= noise / 2
-    starts = np.flatnonzero(quiet & ~np.r_[False, quiet[:-1]])
-    if not len(starts):
-        return loud
-    run = np.cumsum(quiet & ~np.r_[False, quiet[:-1]]) - 1
-    has_loud = np.zeros(len(starts), dtype=bool)
-    np.logical_or.at(has_loud, run[loud], True)
+    run_start = quiet & ~np.r_[False, quiet[:-1]]
+    if not run_start.any():
+        return quiet
+    run = np.cumsum(run_start) - 1
+    has_loud = np.zeros(int(run_start.sum()), dtype=bool)
+    has_loud[run[share >= noise]] = True
     return quiet & has_loud[np.maximum(run, 0)]
 
 

@@ -303,11 +303,8 @@ class FabricModel:
         self.dl_pause_frames_per_s = np.append(
             np.repeat(2 * c.link_gbps * 1e9 / PAUSE_QUANTA_BITS, 2), 0.0)
         self.storage_uplink = (c.nic_host + c.nic_rail) % c.uplinks_per_leaf
-        uplinks = np.flatnonzero(c.link_kind == UPLINK)
-        self.uplink_dl = np.concatenate([c.dl(uplinks, UP), c.dl(uplinks, DOWN)])
-        is_uplink_dl = np.zeros(c.n_dl + 1, dtype=bool)
-        is_uplink_dl[self.uplink_dl] = True
-        self.is_uplink_dl = is_uplink_dl
+        self.is_uplink_dl = np.append(np.repeat(c.link_kind == UPLINK, 2), False)
+        """Per directed link (and the null link): whether it runs between a leaf and a spine."""
 
         # Counters. Bytes per directed link since the start (both ends of a link count these).
         self.dl_bytes = np.zeros(c.n_dl, dtype=np.int64)
@@ -485,8 +482,7 @@ class FabricModel:
         goodput = 1.0 / (1.0 + LOSS_PENALTY_PACKETS * dl_loss)
         actual = self._solve(flows, flows.path, flows.own, flows.n_own, demand, capacity, goodput, compute_s,
                              conditions.stall_s, running)
-        uncontended = capacity_host.copy()
-        uncontended[self.uplink_dl] = np.inf
+        uncontended = np.where(self.is_uplink_dl, np.inf, capacity_host)
         healthy = self._solve(flows, flows.path_healthy, flows.own_healthy, flows.n_own_healthy, demand_healthy,
                               uncontended, np.ones(c.n_dl + 1), compute_s, conditions.stall_s, running)
 
