@@ -92,6 +92,8 @@ def default_scenarios() -> list[Scenario]:
                  "32 hosts (256 GPUs), 4 leaves"),
         Scenario("3-leaves-3-spines", base.with_(seed=7, hosts=12, leaves=3, spines=3, uplinks_per_leaf=6),
                  MIXED, "3 leaves, 3 spines, 6 uplinks per leaf"),
+        Scenario("contended-uplinks", base.with_(seed=107, hosts=12, leaves=3, spines=3, uplinks_per_leaf=6),
+                 MIXED, "the same shape; rings share uplinks all the time, a host turns slow on them"),
         Scenario("2-nics-per-host", base.with_(seed=8, nics_per_host=2), MIXED, "8 GPUs share 2 NICs per host"),
         Scenario("a100-4-gpus", base.with_(seed=9, gpu_model="A100", gpus_per_host=4, nics_per_host=4), MIXED,
                  "A100, 4 GPUs and 4 NICs per host"),

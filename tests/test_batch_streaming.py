@@ -14,7 +14,8 @@ from collector.frames import points_to_frames
 from collector.store import EmbeddedStore
 from detector.batch import WindowSettings, detect_store
 from detector.detect import detect
-from detector.evaluate_cli import add_evaluate_arguments, quick_scenarios, run_evaluate, with_seed_offset
+from detector.evaluate_cli import (add_evaluate_arguments, default_scenarios, quick_scenarios, run_evaluate,
+                                   run_scenario, with_seed_offset)
 from detector.offline import add_detect_arguments, parse_since, run_detect
 from detector.simulator import SimConfig, Simulation
 
@@ -140,6 +141,17 @@ def test_evaluate_quick_meets_the_goals():
     assert code == 0, data["summary"]
     assert [s["name"] for s in data["scenarios"]] == ["quick-mixed", "quick-congestion", "quick-confounders"]
     assert data["summary"]["f1"] >= 0.95 and data["summary"]["confounder_false_share"] <= 0.01
+
+
+@pytest.mark.slow
+def test_contended_uplinks_are_the_fabrics_loss_and_a_slow_host_on_them_is_not():
+    """Rings that share uplinks lose a little all the time: the truth and the detector both charge the fabric,
+    name the uplinks, and leave a host that turns slow on such a fabric its own loss."""
+    scenario = next(s for s in default_scenarios() if s.name == "contended-uplinks")
+    result = run_scenario(scenario)
+    assert result.precision == 1.0 and result.recall == 1.0 and result.link_accuracy == 1.0
+    assert abs(result.dollar_error) <= 0.05
+    assert result.false_network_dollars <= 0.01 * result.confounder_dollars
 
 
 def test_evaluate_seed_offset_runs_the_same_shapes_on_other_draws():
