@@ -183,7 +183,7 @@ def attribute(
     links = pd.Index(sorted(set().union(*paths.values())))
     stamps = nanoseconds(times)
     shared = _Shared(
-        stamps, jobs, hosts, _allocated(members, member_job, len(jobs), times),
+        stamps, jobs, hosts, _allocated(members, member_job, len(jobs), stamps),
         _LinkScores.of(congestion.link_scores, stamps, links, hosts, topology),
         _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
         telemetry.gpus["model"],
@@ -234,7 +234,7 @@ def _job_samples(
     first = np.searchsorted(member_gpu[by_gpu], sample_gpu, "left")
     sample, at = _ranges(first, np.searchsorted(member_gpu[by_gpu], sample_gpu, "right") - first)
     member = by_gpu[at]
-    stamp = times.as_unit("ns").asi8[time[sample]]
+    stamp = stamps[time[sample]]
     inside = (stamp > _span_ends(members["start"])[member]) & (stamp <= _span_ends(members["end"])[member])
     sample, member = sample[inside], member[inside]
     job = jobs.get_indexer(members["job"])[member]
@@ -271,14 +271,14 @@ def _spans(codes: np.ndarray) -> dict[int, slice]:
     return {int(codes[start]): slice(int(start), int(stop)) for start, stop in zip(starts, [*starts[1:], len(codes)])}
 
 
-def _allocated(members: pd.DataFrame, member_job: np.ndarray, n_jobs: int, times: pd.DatetimeIndex) -> np.ndarray:
-    """(job, time code): how many of the job's GPUs are allocated in the interval ending at that time.
+def _allocated(members: pd.DataFrame, member_job: np.ndarray, n_jobs: int, stamps: np.ndarray) -> np.ndarray:
+    """(job, time code): how many of the job's GPUs are allocated in the interval ending at that time
+    (``stamps``: the times in nanoseconds).
 
     Every allocated GPU loses the time, also one whose sample is missing in the interval. Each member
     row adds one GPU from the first time after its start to the last time up to its end: +1 and -1
     steps per job, summed along the times.
     """
-    stamps = times.as_unit("ns").asi8
     first = np.searchsorted(stamps, _span_ends(members["start"]), "right")
     stop = np.maximum(np.searchsorted(stamps, _span_ends(members["end"]), "right"), first)
     steps = np.zeros((n_jobs, len(stamps) + 1), dtype=int)

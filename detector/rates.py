@@ -237,10 +237,8 @@ def grid_codes(ns: np.ndarray, step_ns: int) -> tuple[np.ndarray, np.ndarray]:
         on_grid += low
         if span <= 2 * len(ns) and np.array_equal(on_grid, ns):
             del on_grid
-            occupied = np.zeros(span, dtype=bool)
-            occupied[slots] = True
-            times = low + step_ns * np.flatnonzero(occupied)
-            return (slots if len(times) == span else (np.cumsum(occupied) - 1)[slots]), times
+            codes, occupied = key_codes(slots)
+            return codes, low + step_ns * occupied
     codes, uniques = pd.factorize(np.asarray(ns, dtype=np.int64).view("datetime64[ns]"), sort=True)
     return codes, np.asarray(uniques, dtype="datetime64[ns]").view(np.int64)
 
@@ -262,8 +260,11 @@ def key_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return codes, present.astype(np.int64)
     marked = np.zeros(span, dtype=bool)
     marked[keys[valid]] = True
+    present = np.flatnonzero(marked)
+    if len(present) == span and valid.all():
+        return keys, present  # every key from 0 up is there: each key is its own code
     rank = np.cumsum(marked) - 1
-    return np.where(valid, rank[np.where(valid, keys, 0)], -1), np.flatnonzero(marked)
+    return np.where(valid, rank[np.where(valid, keys, 0)], -1), present
 
 
 def _time_ns(column: pd.Series, source: str) -> np.ndarray:

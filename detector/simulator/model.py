@@ -491,8 +491,8 @@ class FabricModel:
         gpu_seconds = self.job_gpus * dt
         network_loss = np.maximum(gpu_seconds * (progress_healthy - progress), 0.0)
         other_loss = gpu_seconds * (1.0 - progress_healthy)
-        self._record_truth(step, active_jobs, progress, network_loss, other_loss, conditions, flows,
-                           self._held_back_uplinks(flows, actual, capacity))
+        self._record_truth(step, active_jobs, progress, network_loss, other_loss, conditions, flows, actual,
+                           capacity)
 
         traffic = self._traffic(flows, actual, demand, capacity, dl_loss, running)
         self._count_nics(flows, traffic, conditions)
@@ -716,12 +716,13 @@ class FabricModel:
         return held
 
     def _record_truth(self, step: int, active_jobs: list[Job], progress: np.ndarray, network_loss: np.ndarray,
-                      other_loss: np.ndarray, conditions: Conditions, flows: FlowSet,
-                      held_back: dict[int, set[int]]) -> None:
+                      other_loss: np.ndarray, conditions: Conditions, flows: FlowSet, actual: Solution,
+                      capacity: np.ndarray) -> None:
         indices = np.array([job.index for job in active_jobs], dtype=np.int64)
         network_event = np.full(len(indices), -1)
         other_event = np.full(len(indices), -1)
         links: dict[int, tuple[str, ...]] = {}
+        held_back: dict[int, set[int]] | None = None  # found once, and only for loss no event explains
         for position, index in enumerate(indices):
             crossed = flows.links_of_job.get(int(index), frozenset())
             for event in conditions.network:
@@ -731,10 +732,13 @@ class FabricModel:
                     links[int(index)] = tuple(sorted(
                         name for link in (touched or event.links) for name in self.cluster.link_ids(link)))
                     break
-            if network_event[position] < 0 and network_loss[index] > 0 and int(index) in held_back:
-                network_event[position] = CONTENTION.id
-                links[int(index)] = tuple(sorted(
-                    name for link in held_back[int(index)] for name in self.cluster.link_ids(link)))
+            if network_event[position] < 0 and network_loss[index] > 0:
+                if held_back is None:
+                    held_back = self._held_back_uplinks(flows, actual, capacity)
+                if int(index) in held_back:
+                    network_event[position] = CONTENTION.id
+                    links[int(index)] = tuple(sorted(
+                        name for link in held_back[int(index)] for name in self.cluster.link_ids(link)))
             own = conditions.confounders.get(int(index), [])
             if own:
                 chosen = min(own, key=lambda event: _CONFOUNDER_PRIORITY.index(event.kind))
