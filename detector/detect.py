@@ -141,7 +141,7 @@ def detect(
         {**settings.signals, UTILIZATION.name: UTILIZATION},
     )
     losses["episode"] = positions
-    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals)
+    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals, settings.attribution)
     return DetectionResult(
         episodes=episodes, intervals=attribution.intervals, losses=losses, congestion=congestion.scores,
         evidence=evidence, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
@@ -150,7 +150,7 @@ def detect(
     )
 
 
-def _warnings(telemetry, congestion, topology, allocations, intervals) -> list[str]:
+def _warnings(telemetry, congestion, topology, allocations, intervals, settings: AttributionSettings) -> list[str]:
     warnings = []
     if telemetry.gpus.empty:
         warnings.append("no nvidia_smi data: no GPU time can be measured, so no loss is reported")
@@ -169,4 +169,32 @@ def _warnings(telemetry, congestion, topology, allocations, intervals) -> list[s
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         warnings.append(f"{len(missing)} job(s) have no GPU samples in the window: {shown}")
+    warnings.extend(never_clean_warnings(intervals, settings))
     return warnings
+
+
+def never_clean_warnings(intervals: pd.DataFrame, settings: AttributionSettings) -> list[str]:
+    """One line per job whose path was congested in (nearly) every interval, naming the links blamed most often.
+
+    Such a job has no clean-path baseline (an oversubscribed fabric, rings that always share
+    uplinks): its loss is measured against its own best intervals, so what the congestion costs
+    it all along is not in the figures. The operator is told so instead of seeing nothing.
+    """
+    if intervals.empty:
+        return []
+    busy = intervals["busy"].astype(float)
+    # As the baseline counts them: clean-path intervals in which the GPUs were not idle (a checkpoint's are).
+    high = busy.groupby(intervals["job"]).transform("quantile", 0.9)
+    usable = (intervals["path_score"].to_numpy(dtype=float) < settings.clean) & (busy >= settings.idle_fraction * high)
+    counts = pd.DataFrame({"job": intervals["job"], "usable": usable, "busy": busy.notna()}).groupby("job").sum()
+    never = counts.index[(counts["usable"] < settings.min_baseline_intervals)
+                         & (counts["busy"] >= settings.min_baseline_intervals)]
+    lines = []
+    for job in never:
+        blamed = intervals.loc[intervals["job"] == job, "links"]
+        first = blamed[blamed.map(len) > 0].map(lambda links: links[0])
+        named = ", ".join(first.value_counts(sort=True).index[:3]) if len(first) else "none named"
+        lines.append(f"job {job}: its path was congested whenever its GPUs worked (most often blamed: {named}); "
+                     "with no clean-path baseline its loss is measured against its own best intervals, so what "
+                     "this congestion costs it all along is not counted")
+    return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ from collector.lineprotocol import parse_file
 from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _beside_loud, _column_medians,
                                   _PathScores, _path_state, _split, attribute, idle_loss_model)
 from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
-from detector.detect import detect
+from detector.detect import detect, never_clean_warnings
 from detector.episodes import EpisodeSettings, episode_ids
-from detector.evaluation import Accuracy, evaluate
+from detector.evaluation import Accuracy, _uplink_peers, evaluate
 from detector.jobs import load_jobs
 from detector.pricing import FALLBACK_PER_GPU_HOUR, Prices, gpu_model_key
 from detector.telemetry import TelemetryError, load_telemetry
@@ -381,6 +382,41 @@ def test_links_congested_as_usual_rank_after_new_trouble():
     score[10:13, 1], local[10:13, 1] = 3.0, 3.0  # the uplink's trouble is new as well
     _, _, links = _path_state(_PathScores(names, np.array([0, -1]), score, local), AttributionSettings())
     assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
+
+
+def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_its_links():
+    """Job a's path is congested whenever its GPUs work (a checkpoint's idle, quiet intervals do not count as
+    clean): it has no baseline, and the warning names the link blamed most often first. Job b has clean ones."""
+    n = 12
+    links = [("spine01:swp2", "leaf01:swp25")] * 8 + [("leaf01:swp25",)] * 2 + [()] * 2
+    intervals = pd.DataFrame({
+        "job": ["a"] * n + ["b"] * n,
+        "busy": [58.0] * 10 + [2.0] * 2 + [60.0] * n,
+        "path_score": [240.0] * 10 + [0.03] * 2 + [0.1] * 6 + [5.0] * 6,
+        "links": links + [()] * 6 + [("leaf02:swp3",)] * 6,
+    })
+    (line,) = never_clean_warnings(intervals, AttributionSettings())
+    assert line.startswith("job a: its path was congested whenever its GPUs worked (most often blamed: "
+                           "spine01:swp2, leaf01:swp25)")
+    assert never_clean_warnings(intervals[intervals["job"] == "b"], AttributionSettings()) == []
+    assert never_clean_warnings(intervals.iloc[:0], AttributionSettings()) == []
+
+
+def test_an_oversubscribed_fabric_is_reported_where_its_loss_cannot_be_measured():
+    """4:1 oversubscribed leaves (3 uplinks of 800G for 24 host ports of 400G): jobs across leaves lose to
+    contention in every interval. Their steady loss has no clean baseline to be measured against; the result
+    says so and names uplinks, instead of reporting nothing."""
+    from detector.simulator import SimConfig, simulate
+    config = SimConfig(seed=1105, duration=timedelta(hours=1.5), hosts=6, leaves=2, spines=3,
+                       uplinks_per_leaf=3, gpu_model="B200", job_mean_hours=1.0)
+    points, sim = simulate(config)
+    result = detect(points_to_frames(points), sim.topology, sim.allocations)
+    never_clean = [line for line in result.warnings if "congested whenever its GPUs worked" in line]
+    assert never_clean
+    uplinks = set(_uplink_peers(sim.topology))
+    for line in never_clean:
+        named = line.split("most often blamed: ")[1].split(")")[0].split(", ")
+        assert set(named) <= uplinks, line
 
 
 def test_quieter_network_shares_count_only_beside_loud_ones():
