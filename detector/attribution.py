@@ -460,7 +460,12 @@ def _attribute_job(
     suspect_host = np.where(pause_score >= settings.congested, pause_host, straggler)
 
     noise = _noise(busy, baseline, settings)
-    model = idle_loss_model(pd.DataFrame({"idle_fraction": idle, "loss_fraction": loss}), pd.Series(clean), settings)
+    # GPUs idle while their kernels still run (a hung collective spins) lost time to no host-side stall: in the
+    # fit they would make any idle share look like a stall (where the path is never clean, they are most of it).
+    with np.errstate(invalid="ignore"):
+        spinning = (busy < settings.idle_fraction * baseline) & (idle < settings.no_kernel_share)
+    model = idle_loss_model(pd.DataFrame({"idle_fraction": idle, "loss_fraction": loss}), pd.Series(clean & ~spinning),
+                            settings)
     network, other, cause = _split(
         loss, idle, busy, baseline, noise, tx, rx, path_score, fabric_score, suspect_host >= 0, model, len(hosts),
         settings,

@@ -419,6 +419,25 @@ def test_an_oversubscribed_fabric_is_reported_where_its_loss_cannot_be_measured(
         assert set(named) <= uplinks, line
 
 
+@pytest.mark.slow
+def test_a_hang_on_a_never_clean_path_does_not_turn_congestion_into_input_stalls():
+    """Rings across leaves share uplinks in every interval, so the job's only clean intervals are a hang's (its
+    kernels spin: no idle share, all time lost) and checkpoints'. Fitted with the hang, loss ~ idle share had an
+    intercept of 0.47, and every other interval of a 35% contention slowdown went to input stalls (dollar
+    error -24%). Left out of the fit, the slowdown stays the network's."""
+    from detector.simulator import SimConfig, simulate
+    config = SimConfig(seed=1210, duration=timedelta(hours=4), leaves=4, spines=4, hosts=12, nics_per_host=4,
+                       uplinks_per_leaf=12, uplink_gbps=400, gpu_model="H200", switch_reboot=True)
+    points, sim = simulate(config)
+    result = detect(points_to_frames(points), sim.topology, sim.allocations)
+    assert result.idle_models["job-01"].intercept == pytest.approx(0.0, abs=0.01)
+    job = result.intervals[result.intervals["job"] == "job-01"]
+    contention = job[job["path_score"] > 1000]
+    assert len(contention) >= 20 and (contention["other_cause"] != "input_stall").all()
+    accuracy = evaluate(result, sim.ground_truth.episodes, sim.topology, sim.allocations)
+    assert abs(accuracy.dollar_error) <= 0.05 and accuracy.recall == 1.0
+
+
 def test_quieter_network_shares_count_only_beside_loud_ones():
     """A degradation ramps up: its quieter intervals (half the noise floor or more) join the loud ones next
     to them; as quiet a run that never gets loud is noise."""
