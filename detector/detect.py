@@ -173,6 +173,11 @@ def _warnings(telemetry, congestion, topology, allocations, intervals, settings:
     return warnings
 
 
+NAMED_NEVER_CLEAN_JOBS = 10
+"""Jobs named with their links in :func:`never_clean_warnings`; the rest are counted (an oversubscribed fabric of
+thousands of GPUs has hundreds of such jobs)."""
+
+
 def never_clean_warnings(intervals: pd.DataFrame, settings: AttributionSettings) -> list[str]:
     """One line per job whose path was congested in (nearly) every interval, naming the links blamed most often.
 
@@ -190,11 +195,15 @@ def never_clean_warnings(intervals: pd.DataFrame, settings: AttributionSettings)
     never = counts.index[(counts["usable"] < settings.min_baseline_intervals)
                          & (counts["busy"] >= settings.min_baseline_intervals)]
     lines = []
-    for job in never:
+    for job in never[:NAMED_NEVER_CLEAN_JOBS]:
         blamed = intervals.loc[intervals["job"] == job, "links"]
         first = blamed[blamed.map(len) > 0].map(lambda links: links[0])
         named = ", ".join(first.value_counts(sort=True).index[:3]) if len(first) else "none named"
         lines.append(f"job {job}: its path was congested whenever its GPUs worked (most often blamed: {named}); "
                      "with no clean-path baseline its loss is measured against its own best intervals, so what "
                      "this congestion costs it all along is not counted")
+    if len(never) > NAMED_NEVER_CLEAN_JOBS:
+        lines.append(f"{len(never) - NAMED_NEVER_CLEAN_JOBS} more job(s) with a path congested whenever their GPUs "
+                     f"worked: {', '.join(never[NAMED_NEVER_CLEAN_JOBS:NAMED_NEVER_CLEAN_JOBS + 5])}"
+                     + (" ..." if len(never) > NAMED_NEVER_CLEAN_JOBS + 5 else ""))
     return lines

@@ -400,6 +400,9 @@ def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_its_links(
                            "spine01:swp2, leaf01:swp25)")
     assert never_clean_warnings(intervals[intervals["job"] == "b"], AttributionSettings()) == []
     assert never_clean_warnings(intervals.iloc[:0], AttributionSettings()) == []
+    many = pd.concat([intervals[intervals["job"] == "a"].assign(job=f"j{i:02d}") for i in range(13)])
+    lines = never_clean_warnings(many, AttributionSettings())
+    assert len(lines) == 11 and lines[-1] == "3 more job(s) with a path congested whenever their GPUs worked: j10, j11, j12"
 
 
 def test_an_oversubscribed_fabric_is_reported_where_its_loss_cannot_be_measured():
