@@ -54,8 +54,10 @@ utilization and the loss from SM activity are different instruments, and how
 one maps onto the other depends on the job (kernel mix, sampling). Fitting
 ``loss ~ a + b * idle`` over the job's clean-path intervals calibrates the map
 on the job's own data; Huber's loss keeps the handful of odd intervals (a slow
-host, a hang: loss without idle time) from bending it, as they would bend least
-squares. With too little idle time to fit, the identity (``b = 1``) is used.
+host: loss without idle time) from bending it, as they would bend least
+squares. A hang's intervals (GPUs idle while their kernels spin) are left out:
+where a job's path is never clean while it works, they would be much of the fit.
+With too little idle time to fit, the identity (``b = 1``) is used.
 """
 
 from __future__ import annotations
