@@ -63,7 +63,7 @@ With too little idle time to fit, the identity (``b = 1``) is used.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Iterable
 
@@ -148,6 +148,9 @@ class Attribution:
     idle_fraction, network_fraction, other_fraction, other_cause, path_score, local_score,
     fabric_score, links, pause_host, pause_score, straggler, suspect_host, tx_bytes, rx_bytes, power_w, model."""
     idle_models: dict[str, IdleLossModel]
+    never_clean: list[str] = field(default_factory=list)
+    """Jobs whose path was congested whenever their GPUs worked: no clean-path baseline, so their loss is
+    measured against their own best intervals and what that congestion costs them all along is not counted."""
 
 
 def job_members(allocations: Iterable[Allocation]) -> pd.DataFrame:
@@ -190,19 +193,21 @@ def attribute(
         _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
         telemetry.gpus["model"],
     )
-    parts, models = [], {}
+    parts, models, never_clean = [], {}, []
     for job, span in spans.items():
-        part, models[str(jobs[job])] = _attribute_job(
+        part, models[str(jobs[job])], clean_baseline = _attribute_job(
             samples.iloc[span], job, np.unique(member_host[member_job == job]),
             np.sort(links.get_indexer(list(paths[job]))), shared, topology, settings,
         )
         parts.append(part)
+        if not clean_baseline:
+            never_clean.append(str(jobs[job]))
     intervals = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     intervals["time"] = times[intervals["time"]]
     for name in ("pause_host", "straggler", "suspect_host"):
         intervals[name] = _names(hosts, intervals[name])
     intervals["dt"] = telemetry.step_s
-    return Attribution(pd.DataFrame(intervals, columns=INTERVAL_COLUMNS), models)
+    return Attribution(pd.DataFrame(intervals, columns=INTERVAL_COLUMNS), models, never_clean)
 
 
 INTERVAL_COLUMNS = [
@@ -420,9 +425,11 @@ class _Shared:
 def _attribute_job(
     samples: pd.DataFrame, job: int, hosts: np.ndarray, path: np.ndarray, shared: _Shared, topology: Topology,
     settings: AttributionSettings,
-) -> tuple[dict[str, np.ndarray], IdleLossModel]:
+) -> tuple[dict[str, np.ndarray], IdleLossModel, bool]:
     """One job's intervals as columns, from its samples (see :func:`_job_samples`), its hosts and its path's
-    links (codes, sorted); times and hosts in the columns as codes (-1 for none)."""
+    links (codes, sorted); times and hosts in the columns as codes (-1 for none). Also its idle-to-loss model,
+    and whether its path was clean in enough intervals in which its GPUs worked (False: see
+    ``Attribution.never_clean``)."""
     # Per job and by pandas, as always: pandas adds a group's values with compensation, or plainly where the
     # keys come sorted and without NaN, so grouping one job's rows as before keeps every figure to the bit.
     grouped = samples.groupby("time", sort=True)
@@ -448,6 +455,9 @@ def _attribute_job(
     fed = np.isnan(kernel) | (kernel >= settings.fed_share * kernel_baseline) if kernel_baseline > 0 \
         else np.ones(len(kernel), dtype=bool)
     baseline = _baseline(busy, clean & fed, settings)
+    working = busy >= settings.idle_fraction * _top(busy)
+    clean_baseline = (working & (path_score < settings.clean)).sum() >= settings.min_baseline_intervals \
+        or working.sum() < settings.min_baseline_intervals
     with np.errstate(divide="ignore", invalid="ignore"):
         loss = np.clip(1.0 - busy / baseline, 0.0, 1.0) if baseline > 0 else np.full(len(busy), np.nan)
         idle = np.clip(1.0 - kernel / kernel_baseline, 0.0, 1.0) if kernel_baseline > 0 \
@@ -482,7 +492,7 @@ def _attribute_job(
         "links": links, "pause_host": pause_host, "pause_score": pause_score, "straggler": straggler,
         "suspect_host": suspect_host, "tx_bytes": tx, "rx_bytes": rx,
         "power_w": grouped["power_w"].sum(min_count=1).to_numpy(), "model": np.full(n, gpu_model, dtype=object),
-    }, model
+    }, model, clean_baseline
 
 
 def _host_busy(samples: pd.DataFrame, times: np.ndarray, n_hosts: int) -> tuple[np.ndarray, np.ndarray]:

@@ -164,7 +164,7 @@ def decide_telemetry(
     scores = congestion.link_scores.frame(start, end, min_link_score)
     evidence = _evidence_for(congestion.evidence, losses[losses["cause"] == NETWORK])
     host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
-    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals, settings.attribution)
+    warnings = _warnings(telemetry, congestion, topology, allocations, attribution)
     return Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
                    evidence, host_pause, warnings)
 

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from detector.attribution import CAUSES, NETWORK, AttributionSettings, IdleLossModel, attribute, loss_rows
+from detector.attribution import (CAUSES, NETWORK, Attribution, AttributionSettings, IdleLossModel, attribute,
+                                  loss_rows)
 from detector.congestion import SIGNALS, UTILIZATION, Signal, link_congestion
 from detector.episodes import Episode, EpisodeSettings, build_episodes
 from detector.jobs import Allocation, format_time
@@ -141,7 +142,7 @@ def detect(
         {**settings.signals, UTILIZATION.name: UTILIZATION},
     )
     losses["episode"] = positions
-    warnings = _warnings(telemetry, congestion, topology, allocations, attribution.intervals, settings.attribution)
+    warnings = _warnings(telemetry, congestion, topology, allocations, attribution)
     return DetectionResult(
         episodes=episodes, intervals=attribution.intervals, losses=losses, congestion=congestion.scores,
         evidence=evidence, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
@@ -150,8 +151,9 @@ def detect(
     )
 
 
-def _warnings(telemetry, congestion, topology, allocations, intervals, settings: AttributionSettings) -> list[str]:
+def _warnings(telemetry, congestion, topology, allocations, attribution: Attribution) -> list[str]:
     warnings = []
+    intervals = attribution.intervals
     if telemetry.gpus.empty:
         warnings.append("no nvidia_smi data: no GPU time can be measured, so no loss is reported")
     if telemetry.ports.empty and telemetry.nics.empty and telemetry.pauses.empty:
@@ -169,7 +171,7 @@ def _warnings(telemetry, congestion, topology, allocations, intervals, settings:
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         warnings.append(f"{len(missing)} job(s) have no GPU samples in the window: {shown}")
-    warnings.extend(never_clean_warnings(intervals, settings))
+    warnings.extend(never_clean_warnings(attribution.never_clean, intervals))
     return warnings
 
 
@@ -178,32 +180,22 @@ NAMED_NEVER_CLEAN_JOBS = 10
 thousands of GPUs has hundreds of such jobs)."""
 
 
-def never_clean_warnings(intervals: pd.DataFrame, settings: AttributionSettings) -> list[str]:
-    """One line per job whose path was congested in (nearly) every interval, naming the links blamed most often.
+def never_clean_warnings(jobs: list[str], intervals: pd.DataFrame) -> list[str]:
+    """One line per job whose path was congested whenever its GPUs worked (``Attribution.never_clean``), naming
+    the links blamed most often in its intervals.
 
-    Such a job has no clean-path baseline (an oversubscribed fabric, rings that always share
-    uplinks): its loss is measured against its own best intervals, so what the congestion costs
-    it all along is not in the figures. The operator is told so instead of seeing nothing.
+    The operator is told that such a job's steady loss is not in the figures instead of seeing nothing.
     """
-    if intervals.empty:
-        return []
-    busy = intervals["busy"].astype(float)
-    # As the baseline counts them: clean-path intervals in which the GPUs were not idle (a checkpoint's are).
-    high = busy.groupby(intervals["job"]).transform("quantile", 0.9)
-    usable = (intervals["path_score"].to_numpy(dtype=float) < settings.clean) & (busy >= settings.idle_fraction * high)
-    counts = pd.DataFrame({"job": intervals["job"], "usable": usable, "busy": busy.notna()}).groupby("job").sum()
-    never = counts.index[(counts["usable"] < settings.min_baseline_intervals)
-                         & (counts["busy"] >= settings.min_baseline_intervals)]
     lines = []
-    for job in never[:NAMED_NEVER_CLEAN_JOBS]:
+    for job in jobs[:NAMED_NEVER_CLEAN_JOBS]:
         blamed = intervals.loc[intervals["job"] == job, "links"]
         first = blamed[blamed.map(len) > 0].map(lambda links: links[0])
         named = ", ".join(first.value_counts(sort=True).index[:3]) if len(first) else "none named"
         lines.append(f"job {job}: its path was congested whenever its GPUs worked (most often blamed: {named}); "
                      "with no clean-path baseline its loss is measured against its own best intervals, so what "
                      "this congestion costs it all along is not counted")
-    if len(never) > NAMED_NEVER_CLEAN_JOBS:
-        lines.append(f"{len(never) - NAMED_NEVER_CLEAN_JOBS} more job(s) with a path congested whenever their GPUs "
-                     f"worked: {', '.join(never[NAMED_NEVER_CLEAN_JOBS:NAMED_NEVER_CLEAN_JOBS + 5])}"
-                     + (" ..." if len(never) > NAMED_NEVER_CLEAN_JOBS + 5 else ""))
+    if len(jobs) > NAMED_NEVER_CLEAN_JOBS:
+        lines.append(f"{len(jobs) - NAMED_NEVER_CLEAN_JOBS} more job(s) with a path congested whenever their GPUs "
+                     f"worked: {', '.join(jobs[NAMED_NEVER_CLEAN_JOBS:NAMED_NEVER_CLEAN_JOBS + 5])}"
+                     + (" ..." if len(jobs) > NAMED_NEVER_CLEAN_JOBS + 5 else ""))
     return lines

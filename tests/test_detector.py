@@ -384,24 +384,16 @@ def test_links_congested_as_usual_rank_after_new_trouble():
     assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
 
 
-def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_its_links():
-    """Job a's path is congested whenever its GPUs work (a checkpoint's idle, quiet intervals do not count as
-    clean): it has no baseline, and the warning names the link blamed most often first. Job b has clean ones."""
-    n = 12
+def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_the_links_blamed_most_often():
+    """The links first blamed in most of the job's intervals, most often first; past ten jobs the rest are counted."""
     links = [("spine01:swp2", "leaf01:swp25")] * 8 + [("leaf01:swp25",)] * 2 + [()] * 2
-    intervals = pd.DataFrame({
-        "job": ["a"] * n + ["b"] * n,
-        "busy": [58.0] * 10 + [2.0] * 2 + [60.0] * n,
-        "path_score": [240.0] * 10 + [0.03] * 2 + [0.1] * 6 + [5.0] * 6,
-        "links": links + [()] * 6 + [("leaf02:swp3",)] * 6,
-    })
-    (line,) = never_clean_warnings(intervals, AttributionSettings())
+    intervals = pd.DataFrame({"job": ["a"] * 12 + ["b"] * 2, "links": links + [("leaf02:swp3",)] * 2})
+    (line,) = never_clean_warnings(["a"], intervals)
     assert line.startswith("job a: its path was congested whenever its GPUs worked (most often blamed: "
                            "spine01:swp2, leaf01:swp25)")
-    assert never_clean_warnings(intervals[intervals["job"] == "b"], AttributionSettings()) == []
-    assert never_clean_warnings(intervals.iloc[:0], AttributionSettings()) == []
-    many = pd.concat([intervals[intervals["job"] == "a"].assign(job=f"j{i:02d}") for i in range(13)])
-    lines = never_clean_warnings(many, AttributionSettings())
+    assert never_clean_warnings([], intervals) == []
+    many = pd.concat([intervals.assign(job=f"j{i:02d}") for i in range(13)])
+    lines = never_clean_warnings([f"j{i:02d}" for i in range(13)], many)
     assert len(lines) == 11 and lines[-1] == "3 more job(s) with a path congested whenever their GPUs worked: j10, j11, j12"
 
 
