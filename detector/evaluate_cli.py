@@ -1,7 +1,8 @@
 """``strandwatch evaluate``: the detector against the simulator's ground truth, over many scenarios.
 
-    strandwatch evaluate [--quick] [--scenario NAME ...] [--seed-offset N] [--workers N] [--format table|json]
-                         [--list]
+    strandwatch evaluate [--quick | --random N [--random-draw K]] [--scenario NAME ...] [--seed-offset N]
+                         [--drop-rows SHARE] [--jitter SECONDS] [--without MEASUREMENT ...]
+                         [--workers N] [--format table|json] [--list]
 
 runs seeded simulator scenarios of different shapes (cluster sizes, leaves and
 spines, NICs per host, GPU models, sampling intervals, job mixes, each kind of
@@ -24,6 +25,12 @@ when every goal is met, 1 when one is missed, 2 for bad arguments.
 
 ``--seed-offset N`` adds N to every scenario's seed: the same shapes with other
 jobs, placements and events, to check that the figures are not those of one draw.
+``--random N`` runs N shapes drawn at random instead (draw ``--random-draw K``, the
+same N shapes for the same K): shapes the default set does not hold, leaves with
+far fewer uplinks than host ports among them (:func:`random_scenarios`).
+``--drop-rows``, ``--jitter`` and ``--without`` make the telemetry imperfect the
+way real collectors do before the detector sees it (:class:`Imperfections`): lost
+samples, clocks a few seconds off, a source not collected at all.
 
 Scenarios run straight through ``simulate()`` (no sockets), in parallel worker
 processes; the default set takes a few minutes on two cores, ``--quick`` well
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,7 +50,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Callable, Sequence, TextIO
 
-from detector.simulator.config import CONFOUNDERS, SimConfig
+import numpy as np
+import pandas as pd
+
+from detector.batch import MEASUREMENTS
+from detector.simulator.config import CONFOUNDERS, GPU_MODELS, SCHEDULED_KINDS, SimConfig
 
 GOAL_F1 = 0.95
 GOAL_LINK_ACCURACY = 0.95
@@ -58,6 +70,40 @@ CONFOUNDER_ONLY = "confounder"
 
 
 @dataclass(frozen=True, slots=True)
+class Imperfections:
+    """What real telemetry has and the simulator's does not: lost samples, clock jitter, a missing source."""
+
+    drop_rows: float = 0.0
+    """The share of all samples (rows) lost, at random."""
+    jitter_s: float = 0.0
+    """Every sample's time moved by up to this many seconds either way, at random."""
+    without: tuple[str, ...] = ()
+    """Measurements that are not collected at all."""
+
+    def apply(self, frames: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+        """The frames as the detector would get them (the same for the same seed)."""
+        if not (self.drop_rows or self.jitter_s or self.without):
+            return frames
+        rng = np.random.default_rng(seed)
+        out = {}
+        for measurement, frame in frames.items():
+            if measurement in self.without:
+                continue
+            frame = frame[rng.random(len(frame)) >= self.drop_rows]
+            if self.jitter_s:
+                moved = pd.to_timedelta(rng.uniform(-self.jitter_s, self.jitter_s, len(frame)), unit="s")
+                frame = frame.assign(time=frame["time"] + moved)
+            out[measurement] = frame.reset_index(drop=True)
+        return out
+
+    def describe(self) -> str:
+        parts = [f"{self.drop_rows:.0%} of rows dropped" if self.drop_rows else "",
+                 f"times moved up to {self.jitter_s:g} s" if self.jitter_s else "",
+                 f"without {', '.join(self.without)}" if self.without else ""]
+        return "; ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """One seeded simulator run and what it is there to check."""
 
@@ -66,6 +112,8 @@ class Scenario:
     kind: str
     """``mixed`` (every event kind), ``network`` (network trouble only) or ``confounder`` (no network trouble)."""
     about: str
+    imperfections: Imperfections = Imperfections()
+    """What is done to the simulated telemetry before the detector sees it (nothing by default)."""
 
 
 def with_seed_offset(scenario: Scenario, offset: int) -> Scenario:
@@ -76,6 +124,11 @@ def with_seed_offset(scenario: Scenario, offset: int) -> Scenario:
 
 def _hours(value: float) -> timedelta:
     return timedelta(hours=value)
+
+
+NETWORK_KINDS = ("congestion/ecmp_collision", "congestion/oversubscription", "link_degradation", "pfc_storm")
+CONFOUNDER_KINDS = ("input_stall", "slow_host", "hung_job")
+"""The scheduled event kinds of each family (checkpoints come on their own schedule)."""
 
 
 def default_scenarios() -> list[Scenario]:
@@ -102,11 +155,10 @@ def default_scenarios() -> list[Scenario]:
         Scenario("b200-16-hosts", base.with_(seed=11, gpu_model="B200", hosts=16, leaves=2, spines=4), MIXED,
                  "B200, 16 hosts, 4 spines"),
     ]
-    network_kinds = ("congestion/ecmp_collision", "congestion/oversubscription", "link_degradation", "pfc_storm")
-    for offset, kind in enumerate(network_kinds):
+    for offset, kind in enumerate(NETWORK_KINDS):
         scenarios.append(Scenario(f"only-{kind.split('/')[-1]}", base.with_(seed=20 + offset, event_kinds=(kind,)),
                                   NETWORK_ONLY, f"{kind} events only (checkpoints on top)"))
-    for offset, kind in enumerate(("input_stall", "slow_host", "hung_job")):
+    for offset, kind in enumerate(CONFOUNDER_KINDS):
         scenarios.append(Scenario(f"only-{kind}", base.with_(seed=30 + offset, event_kinds=(kind,),
                                                              checkpoints=False),
                                   CONFOUNDER_ONLY, f"{kind} events only, no checkpoints"))
@@ -129,6 +181,46 @@ def quick_scenarios() -> list[Scenario]:
         Scenario("quick-confounders", base.with_(seed=34, event_kinds=("input_stall", "slow_host", "hung_job")),
                  CONFOUNDER_ONLY, "every confounder"),
     ]
+
+
+def random_scenarios(count: int, draw: int = 1) -> list[Scenario]:
+    """``count`` shapes drawn at random, the same for the same ``draw``.
+
+    2-4 leaves, 2-4 spines, 1-4 uplinks per spine and leaf (of 400 or 800 Gb/s), 2-6 hosts per
+    leaf, 4 or 8 GPUs and 1-8 NICs per host, every GPU model, 10-60 s for 1-4 h, jobs of 1-8 h
+    on average, a switch reboot in about a third. Half are mixed, a quarter network-only and a
+    quarter confounder-only (one or two kinds each). Nothing keeps a leaf's uplinks up to its host
+    ports: many draws are oversubscribed, some far (16:1), which the default set is not.
+    """
+    rng = random.Random(draw)
+    scenarios = []
+    for index in range(count):
+        leaves, spines = rng.choice([2, 2, 3, 4]), rng.choice([2, 3, 4])
+        uplinks = spines * rng.choice([1, 2, 3, 4])
+        hosts = leaves * rng.choice([2, 3, 4, 6])
+        gpus_per_host = rng.choice([4, 8, 8])
+        nics = rng.choice([n for n in (1, 2, 4, 8) if gpus_per_host % n == 0])
+        interval = rng.choice([10, 15, 30, 30, 60])
+        hours = rng.choice([1.5, 2, 3, 4]) if interval >= 30 else rng.choice([1, 1.5, 2])
+        kind = rng.choice([MIXED, MIXED, NETWORK_ONLY, CONFOUNDER_ONLY])
+        kinds = SCHEDULED_KINDS if kind == MIXED else tuple(
+            rng.sample(NETWORK_KINDS if kind == NETWORK_ONLY else CONFOUNDER_KINDS, rng.choice([1, 2])))
+        config = SimConfig(
+            seed=1000 + draw * 100 + index, duration=_hours(hours), interval_s=interval, leaves=leaves, spines=spines,
+            uplinks_per_leaf=uplinks, hosts=hosts, gpus_per_host=gpus_per_host, nics_per_host=nics,
+            gpu_model=rng.choice(list(GPU_MODELS)),
+            job_mean_hours=rng.choice([1.0, 3.0, 8.0]), event_kinds=kinds,
+            checkpoints=kind != CONFOUNDER_ONLY or rng.random() < 0.5, switch_reboot=rng.random() < 0.3,
+            uplink_gbps=rng.choice([400, 800]),
+        )
+        oversubscription = (hosts // leaves) * nics * config.host_link_gbps / (uplinks * config.uplink_gbps)
+        scenarios.append(Scenario(
+            f"random-{draw}-{index}", config, kind,
+            f"{hosts} hosts x {gpus_per_host} {config.gpu_model}, {nics} NIC(s) each, {leaves} leaves, {spines} "
+            f"spines, {uplinks} uplinks per leaf ("
+            + (f"oversubscribed {oversubscription:g}:1" if oversubscription > 1 else "non-blocking")
+            + f"), {hours:g} h at {interval} s"))
+    return scenarios
 
 
 @dataclass(slots=True)
@@ -181,7 +273,7 @@ def run_scenario(scenario: Scenario) -> ScenarioResult:
     points, sim = simulate(scenario.config)
     seconds["simulate"] = time.perf_counter() - began
     began = time.perf_counter()
-    frames = points_to_frames(points)
+    frames = scenario.imperfections.apply(points_to_frames(points), scenario.config.seed)
     del points
     seconds["frames"] = time.perf_counter() - began
     began = time.perf_counter()
@@ -293,9 +385,19 @@ def evaluate_scenarios(
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate`` subcommand's options."""
     parser.add_argument("--quick", action="store_true", help="a small set of 3 short scenarios (for tests)")
+    parser.add_argument("--random", type=int, metavar="N",
+                        help="N shapes drawn at random instead of the default set (see --random-draw)")
+    parser.add_argument("--random-draw", type=int, default=1, metavar="K",
+                        help="which draw of --random: the same K gives the same shapes (default 1)")
     parser.add_argument("--scenario", action="append", metavar="NAME",
                         help="run only this scenario (repeatable; see --list)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--drop-rows", type=float, default=0.0, metavar="SHARE",
+                        help="lose this share of all samples, at random (default 0)")
+    parser.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS",
+                        help="move every sample's time by up to this much either way (default 0)")
+    parser.add_argument("--without", action="append", choices=MEASUREMENTS, default=[], metavar="MEASUREMENT",
+                        help=f"leave a measurement out (repeatable; one of {', '.join(MEASUREMENTS)})")
     parser.add_argument("--seed-offset", type=int, default=0, metavar="N",
                         help="add N to every scenario's seed: the same shapes, other draws (default 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
@@ -307,7 +409,15 @@ def run_evaluate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
     """Run ``evaluate`` for parsed arguments; print per-scenario and pooled scores; return the exit status."""
     out = out or sys.stdout
     err = err or sys.stderr
-    available = quick_scenarios() if args.quick else default_scenarios()
+    if args.random is not None and (args.random < 1 or args.quick or args.scenario):
+        print("strandwatch evaluate: error: --random takes N >= 1 and goes without --quick and --scenario, "
+              f"got --random {args.random}" + (" --quick" if args.quick else "") + (" --scenario" if args.scenario else ""),
+              file=err)
+        return 2
+    if args.random is not None:
+        available = random_scenarios(args.random, args.random_draw)
+    else:
+        available = quick_scenarios() if args.quick else default_scenarios()
     if args.list:
         for scenario in available:
             out.write(f"{scenario.name:20} {scenario.kind:10} {scenario.about}\n")
@@ -329,6 +439,12 @@ def run_evaluate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         return 2
     if args.seed_offset:
         scenarios = [with_seed_offset(scenario, args.seed_offset) for scenario in scenarios]
+    if not 0 <= args.drop_rows < 1 or args.jitter < 0:
+        print(f"strandwatch evaluate: error: --drop-rows must be in [0, 1) and --jitter >= 0, got {args.drop_rows} "
+              f"and {args.jitter}", file=err)
+        return 2
+    imperfections = Imperfections(args.drop_rows, args.jitter, tuple(dict.fromkeys(args.without)))
+    scenarios = [replace(scenario, imperfections=imperfections) for scenario in scenarios]
 
     began = time.perf_counter()
 
@@ -343,14 +459,15 @@ def run_evaluate(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         json.dump({"scenarios": [r.to_dict() for r in results],
                    "summary": {**{key: (round(value, 4) if isinstance(value, float) else value)
                                   for key, value in asdict(summary).items()}, "met": summary.met},
+                   "telemetry": imperfections.describe() or "as simulated",
                    "seconds": round(elapsed, 1)}, out, indent=2)
         out.write("\n")
     else:
-        out.write(format_table(results, summary, elapsed))
+        out.write(format_table(results, summary, elapsed, imperfections.describe()))
     return 0 if summary.met else 1
 
 
-def format_table(results: Sequence[ScenarioResult], summary: Summary, elapsed: float) -> str:
+def format_table(results: Sequence[ScenarioResult], summary: Summary, elapsed: float, telemetry: str = "") -> str:
     def pct(value: float | None, signed: bool = False) -> str:
         if value is None:
             return "-"
@@ -368,7 +485,8 @@ def format_table(results: Sequence[ScenarioResult], summary: Summary, elapsed: f
     lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))
              .rstrip() for row in [header, *rows]]
     lines.append("")
-    lines.append(f"all {summary.scenarios} scenarios ({elapsed:.0f} s):")
+    lines.append(f"all {summary.scenarios} scenarios ({elapsed:.0f} s"
+                 + (f"; telemetry with {telemetry}" if telemetry else "") + "):")
     lines.append(f"  episode precision {pct(summary.precision)}, recall {pct(summary.recall)}, "
                  f"F1 {summary.f1:.1%}")
     lines.append(f"  root-cause link accuracy {'-' if summary.link_accuracy is None else f'{summary.link_accuracy:.1%}'}")

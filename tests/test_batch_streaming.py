@@ -14,10 +14,10 @@ from collector.frames import points_to_frames
 from collector.store import EmbeddedStore
 from detector.batch import WindowSettings, detect_store
 from detector.detect import detect
-from detector.evaluate_cli import (add_evaluate_arguments, default_scenarios, quick_scenarios, run_evaluate,
-                                   run_scenario, with_seed_offset)
+from detector.evaluate_cli import (Imperfections, add_evaluate_arguments, default_scenarios, quick_scenarios,
+                                   random_scenarios, run_evaluate, run_scenario, with_seed_offset)
 from detector.offline import add_detect_arguments, parse_since, run_detect
-from detector.simulator import SimConfig, Simulation
+from detector.simulator import SimConfig, Simulation, simulate
 
 CONTEXT = timedelta(minutes=20)
 CONFIG = SimConfig(seed=1, hosts=6, gpus_per_host=4, nics_per_host=2, duration=timedelta(minutes=50))
@@ -170,3 +170,52 @@ def test_evaluate_seed_offset_runs_the_same_shapes_on_other_draws():
     err = io.StringIO()
     assert run_evaluate(parser.parse_args(["--quick", "--seed-offset", "-1"]), io.StringIO(), err) == 2
     assert "--seed-offset must be >= 0" in err.getvalue()
+
+
+def test_evaluate_random_draws_the_same_shapes_for_the_same_draw():
+    first = random_scenarios(8, 1)
+    assert first == random_scenarios(8, 1)
+    assert [s.config for s in first] != [s.config for s in random_scenarios(8, 2)]
+    assert [s.name for s in first[:2]] == ["random-1-0", "random-1-1"]
+    abouts = [s.about for s in random_scenarios(24, 1)]
+    assert any("oversubscribed 4:1" in about for about in abouts) and any("non-blocking" in about for about in abouts)
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    out = io.StringIO()
+    assert run_evaluate(parser.parse_args(["--random", "3", "--random-draw", "2", "--list"]), out, io.StringIO()) == 0
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["random-2-0", "random-2-1", "random-2-2"]
+    for bad in (["--random", "0"], ["--random", "2", "--quick"], ["--random", "2", "--scenario", "default"]):
+        err = io.StringIO()
+        assert run_evaluate(parser.parse_args(bad), io.StringIO(), err) == 2
+        assert "--random takes N >= 1" in err.getvalue()
+
+
+def test_imperfect_telemetry_loses_rows_moves_times_and_leaves_measurements_out():
+    points, _ = simulate(SimConfig(seed=3, duration=timedelta(minutes=30), hosts=4))
+    frames = points_to_frames(points)
+    imperfect = Imperfections(drop_rows=0.1, jitter_s=3.0, without=("ethtool",))
+    worse = imperfect.apply(frames, seed=5)
+    assert set(worse) == set(frames) - {"ethtool"}
+    for measurement, frame in worse.items():
+        assert 0.85 * len(frames[measurement]) < len(frame) < 0.95 * len(frames[measurement])
+        assert frame["time"].min() >= frames[measurement]["time"].min() - pd.Timedelta(seconds=3)
+        assert frame["time"].max() <= frames[measurement]["time"].max() + pd.Timedelta(seconds=3)
+        assert not frame["time"].isin(frames[measurement]["time"]).all()
+    again = imperfect.apply(frames, seed=5)
+    assert all(again[m].equals(worse[m]) for m in worse)
+    assert Imperfections().apply(frames, seed=5) is frames
+    assert imperfect.describe() == "10% of rows dropped; times moved up to 3 s; without ethtool"
+
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    out = io.StringIO()
+    code = run_evaluate(parser.parse_args(["--scenario", "quick-congestion", "--drop-rows", "0.02", "--jitter", "2",
+                                           "--without", "ethtool", "--workers", "1", "--format", "json"]),
+                        out, io.StringIO())
+    data = json.loads(out.getvalue())
+    assert code == 0, data["summary"]
+    assert data["telemetry"] == "2% of rows dropped; times moved up to 2 s; without ethtool"
+    for bad in (["--quick", "--drop-rows", "1"], ["--quick", "--jitter", "-1"]):
+        err = io.StringIO()
+        assert run_evaluate(parser.parse_args(bad), io.StringIO(), err) == 2
+        assert "--drop-rows must be in [0, 1)" in err.getvalue()
