@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from detector.batch import MEASUREMENTS
-from detector.simulator.config import CONFOUNDERS, GPU_MODELS, SCHEDULED_KINDS, SimConfig
+from detector.simulator.config import CONFOUNDERS, GPU_MODELS, NETWORK_CAUSES, SCHEDULED_KINDS, SimConfig
 
 GOAL_F1 = 0.95
 GOAL_LINK_ACCURACY = 0.95
@@ -126,8 +126,8 @@ def _hours(value: float) -> timedelta:
     return timedelta(hours=value)
 
 
-NETWORK_KINDS = ("congestion/ecmp_collision", "congestion/oversubscription", "link_degradation", "pfc_storm")
-CONFOUNDER_KINDS = ("input_stall", "slow_host", "hung_job")
+NETWORK_KINDS = tuple(kind for kind in SCHEDULED_KINDS if kind.split("/")[0] in NETWORK_CAUSES)
+CONFOUNDER_KINDS = tuple(kind for kind in SCHEDULED_KINDS if kind in CONFOUNDERS)
 """The scheduled event kinds of each family (checkpoints come on their own schedule)."""
 
 
