@@ -463,7 +463,9 @@ def _attribute_job(
         idle = np.clip(1.0 - kernel / kernel_baseline, 0.0, 1.0) if kernel_baseline > 0 \
             else np.full(len(kernel), np.nan)
 
-    straggling, straggler_column = _stragglers(host_busy, clean, settings)
+    # Each host's healthy level from the intervals the baseline uses: a checkpoint's idle GPUs are on a clean
+    # path too, and where the path is seldom clean while the job works they would be most of the level.
+    straggling, straggler_column = _stragglers(host_busy, clean & fed & working, settings)
     straggler = np.full(len(busy), -1)
     straggler[straggling] = reporting[straggler_column]
     suspects = pausing.copy()

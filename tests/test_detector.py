@@ -433,6 +433,27 @@ def test_a_hang_on_a_never_clean_path_does_not_turn_congestion_into_input_stalls
     assert abs(accuracy.dollar_error) <= 0.05 and accuracy.recall == 1.0
 
 
+@pytest.mark.slow
+def test_without_ethtool_a_slow_host_on_a_seldom_clean_path_is_found_as_a_straggler():
+    """Rings share uplinks most of the time, so many of the job's clean intervals are its checkpoints' (GPUs
+    idle). Measured against those, every host looked 25 times its healthy level and node06, throttled 1.4x
+    while the others wait, was no straggler: without ethtool's pause counters its 1,800 GPU-seconds went to
+    the network. The hosts' levels come from the intervals the baseline uses."""
+    from detector.simulator import SimConfig, simulate
+    config = SimConfig(seed=1416, duration=timedelta(hours=2), interval_s=10, leaves=4, spines=4, hosts=12,
+                       gpus_per_host=4, gpu_model="A100", nics_per_host=2, uplinks_per_leaf=12, uplink_gbps=400,
+                       job_mean_hours=3.0)
+    points, sim = simulate(config)
+    frames = points_to_frames(points)
+    del frames["ethtool"]
+    result = detect(frames, sim.topology, sim.allocations)
+    job = result.intervals[result.intervals["job"] == "job-04"].set_index("time")
+    slow = job.loc[pd.Timestamp("2026-11-02T01:38:00Z"):pd.Timestamp("2026-11-02T01:44:00Z")]
+    assert (slow["straggler"] == "node06").all() and (slow["network_fraction"] == 0).all()
+    accuracy = evaluate(result, sim.ground_truth.episodes, sim.topology, sim.allocations)
+    assert accuracy.confounders_blamed_on_network == 0 and accuracy.false_network_dollars < 0.05
+
+
 def test_quieter_network_shares_count_only_beside_loud_ones():
     """A degradation ramps up: its quieter intervals (half the noise floor or more) join the loud ones next
     to them; as quiet a run that never gets loud is noise."""
