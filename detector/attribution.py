@@ -455,7 +455,7 @@ def _attribute_job(
     fed = np.isnan(kernel) | (kernel >= settings.fed_share * kernel_baseline) if kernel_baseline > 0 \
         else np.ones(len(kernel), dtype=bool)
     baseline = _baseline(busy, clean & fed, settings)
-    working = busy >= settings.idle_fraction * _top(busy)
+    working = _working(busy, settings)
     clean_baseline = (working & (path_score < settings.clean)).sum() >= settings.min_baseline_intervals \
         or working.sum() < settings.min_baseline_intervals
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -618,6 +618,11 @@ def _top(values: np.ndarray) -> float:
     return float(np.quantile(known, 0.9)) if len(known) else float("nan")
 
 
+def _working(values: np.ndarray, settings: AttributionSettings) -> np.ndarray:
+    """The intervals in which the GPUs worked: not idle against the signal's 90th percentile."""
+    return values >= settings.idle_fraction * _top(values)
+
+
 def _baseline(
     values: np.ndarray, clean: np.ndarray, settings: AttributionSettings, near_top: float | None = None,
 ) -> float:
@@ -629,7 +634,7 @@ def _baseline(
     high = _top(values)
     if not high > 0:
         return float("nan")
-    usable = clean & (values >= settings.idle_fraction * high)
+    usable = clean & _working(values, settings)
     if near_top is not None and usable.sum() >= settings.min_baseline_intervals:
         usable &= values >= near_top * _top(values[usable])
     if usable.sum() >= settings.min_baseline_intervals:

@@ -381,7 +381,7 @@ def link_congestion(
     step_ns = grid_step_ns(telemetry.step_s)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-sums") as pool:
         host_pause = pool.submit(_host_pause, pauses, ports, facing_host, step_ns)
-        traffic = pool.submit(_host_traffic, telemetry, ports, facing_host)
+        traffic = pool.submit(_host_traffic, telemetry, ports, facing_host, step_ns)
         grid = _EvidenceGrid([frame for frame, _ in parts], step_ns)
         if grid.has_duplicates():
             frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
@@ -880,7 +880,7 @@ def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Serie
     return keys.frame(key, {"signal": _strings(names, code), "value": value, "normal": normal, "score": score})
 
 
-def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Series) -> pd.DataFrame:
+def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Series, step_ns: int) -> pd.DataFrame:
     """Bytes per second each host sends and receives, from the best source that has it.
 
     Per source the sums of a groupby over (time, host) (NaN where no row has a value), and per
@@ -900,7 +900,7 @@ def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Ser
                         [pd.DataFrame({"tx_bytes": sent[facing]}), pd.DataFrame({"rx_bytes": received[facing]})]))
     if not sources:
         return pd.DataFrame(columns=["time", "host", *columns])
-    keys = _TimeHostKeys([(times, hosts) for times, hosts, _ in sources], grid_step_ns(telemetry.step_s))
+    keys = _TimeHostKeys([(times, hosts) for times, hosts, _ in sources], step_ns)
     size = len(keys.times) * keys.n_hosts
     present = np.zeros(size, dtype=bool)
     combined = {column: np.full(size, np.nan) for column in columns}
