@@ -13,7 +13,8 @@ Measures, for network loss (the only loss the detector charges to the fabric):
 - false network dollars: what the detector charged to the network in intervals
   when the job was truly held up by a confounder (checkpoint, input stall, slow
   host, hung job) and not by the network, and how many confounder episodes it
-  blamed on the network that way.
+  blamed on the network that way; and, unexplained, what it charged to the
+  network outside every true network episode of the job.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Accuracy:
     dollar_error: float | None
     """(detected - true) / true network dollars; None when the truth has none."""
     false_network_dollars: float
+    unexplained_network_dollars: float
+    """Network dollars charged outside every true network episode of the job (inside a confounder's or not)."""
     confounders_blamed_on_network: int
     confounder_episodes: int
 
@@ -85,6 +88,7 @@ class Accuracy:
             ("network dollars (true / detected)", f"${self.true_dollars:,.2f} / ${self.detected_dollars:,.2f}"),
             ("network dollar error", "n/a" if self.dollar_error is None else f"{self.dollar_error:+.1%}"),
             ("false network dollars on confounders", f"${self.false_network_dollars:,.2f}"),
+            ("network dollars outside true network episodes", f"${self.unexplained_network_dollars:,.2f}"),
             ("confounder episodes blamed on network",
              f"{self.confounders_blamed_on_network} of {self.confounder_episodes}"),
         ]
@@ -125,7 +129,7 @@ def evaluate(
     true_dollars = sum(t.gpu_seconds_lost / 3600 * result.prices.gpu_hour(models.get(t.job, "")) for t in true_network)
     totals = result.totals()
     error = (totals["dollars_lost"] - true_dollars) / true_dollars if true_dollars > 0 else None
-    false_dollars, blamed = _false_network(result, true_network, confounders)
+    false_dollars, unexplained, blamed = _false_network(result, true_network, confounders)
     return Accuracy(
         true_episodes=len(required), detected_episodes=len(detected),
         matched_detected=matched_detected, matched_true=len(matched_true & required),
@@ -133,7 +137,8 @@ def evaluate(
         link_accuracy=link_hits / matched_detected if matched_detected else None,
         true_gpu_seconds=true_seconds, detected_gpu_seconds=totals["gpu_seconds_lost"],
         true_dollars=true_dollars, detected_dollars=totals["dollars_lost"], dollar_error=error,
-        false_network_dollars=false_dollars, confounders_blamed_on_network=blamed,
+        false_network_dollars=false_dollars, unexplained_network_dollars=unexplained,
+        confounders_blamed_on_network=blamed,
         confounder_episodes=len(confounders),
     )
 
@@ -167,21 +172,24 @@ def _job_models(topology: Topology, allocations: Iterable[Allocation]) -> dict[s
     return models
 
 
-def _false_network(result: DetectionResult, true_network: list, confounders: list) -> tuple[float, int]:
-    """Network dollars charged inside true confounder episodes (outside any true network episode)."""
+def _false_network(result: DetectionResult, true_network: list, confounders: list) -> tuple[float, float, int]:
+    """Network dollars charged inside true confounder episodes and outside any true network episode, the
+    dollars charged outside any true network episode at all, and the confounder episodes so blamed."""
     losses = result.losses
     charged = losses[(losses["episode"] >= 0) & (losses["cause"] == NETWORK)]
-    if charged.empty or not confounders:
-        return 0.0, 0
+    if charged.empty:
+        return 0.0, 0.0, 0
     step = pd.Timedelta(seconds=result.step_s)
-    dollars = 0.0
+    inside_confounders = unexplained = 0.0
     blamed = set()
     for row in charged.itertuples(index=False):
         end, start = row.time, row.time - step
         if any(t.job == row.job and _ts(t.start) < end and start < _ts(t.end) for t in true_network):
             continue
+        dollars = result.prices.dollars(row.gpu_seconds_lost, row.model, row.energy_joules)
+        unexplained += dollars
         hits = [i for i, t in enumerate(confounders) if t.job == row.job and _ts(t.start) < end and start < _ts(t.end)]
         if hits:
-            dollars += result.prices.dollars(row.gpu_seconds_lost, row.model, row.energy_joules)
+            inside_confounders += dollars
             blamed.update(hits)
-    return dollars, len(blamed)
+    return inside_confounders, unexplained, len(blamed)

@@ -154,6 +154,17 @@ def test_contended_uplinks_are_the_fabrics_loss_and_a_slow_host_on_them_is_not()
     assert result.false_network_dollars <= 0.01 * result.confounder_dollars
 
 
+@pytest.mark.slow
+def test_a_confounder_only_shape_whose_rings_share_an_uplink_is_charged_only_that_contention():
+    """No event injected, yet two jobs' rings share an uplink all along: the truth has that network loss, the
+    detector finds it, and only what it charges beyond the truth's network episodes counts as false."""
+    scenario = random_scenarios(8, 8)[7]
+    assert scenario.kind == "confounder" and "non-blocking" in scenario.about
+    result = run_scenario(scenario)
+    assert result.true_dollars > 1 and abs(result.dollar_error) <= 0.05
+    assert result.false_network_dollars <= 0.01 * result.confounder_dollars
+
+
 def test_evaluate_seed_offset_runs_the_same_shapes_on_other_draws():
     quick = {scenario.name: scenario for scenario in quick_scenarios()}
     moved = with_seed_offset(quick["quick-confounders"], 100)

@@ -335,11 +335,16 @@ def test_evaluation_matches_jobs_and_times_and_either_end_of_an_uplink(scenario)
     assert (accuracy.precision, accuracy.recall, accuracy.link_accuracy) == (1.0, 1.0, 1.0)
     assert accuracy.true_episodes == 1 and accuracy.confounder_episodes == 2
     assert accuracy.dollar_error == pytest.approx(result.totals()["dollars_lost"] / (260 / 3600 * 3.0) - 1, abs=1e-3)
-    assert accuracy.false_network_dollars == 0
+    assert accuracy.false_network_dollars == 0 and accuracy.unexplained_network_dollars == 0
 
     wrong = evaluate(result, [true("train-a", 4, 8, "checkpoint")], topology, allocations)
     assert wrong.precision == 0.0 and wrong.confounders_blamed_on_network == 1
     assert wrong.false_network_dollars == pytest.approx(result.totals()["dollars_lost"], abs=0.01)
+    assert wrong.unexplained_network_dollars == pytest.approx(wrong.false_network_dollars)
+    # Charged outside any true episode at all: not inside a confounder's, still unexplained.
+    nothing_true = evaluate(result, [true("eval-b", 11, 14, "checkpoint")], topology, allocations)
+    assert nothing_true.false_network_dollars == 0
+    assert nothing_true.unexplained_network_dollars == pytest.approx(result.totals()["dollars_lost"], abs=0.01)
 
 
 def test_a_slow_host_on_a_chronically_congested_fabric_is_charged_beyond_what_the_fabric_costs():
