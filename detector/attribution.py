@@ -116,6 +116,10 @@ class AttributionSettings:
     fed_share: float = 0.9
     """Utilization at least this share of its healthy (top) level: the host fed the GPUs in that interval."""
     min_baseline_intervals: int = 3
+    located: float = 0.2
+    """Evidence that places trouble on a link itself (local, or pauses from its own end; see
+    ``congestion.located_scores``) from which a link on a congested path is blamed and ranks before links that
+    only see the congestion pass by (ECN marks, CNPs): a fifth of a signal's floor above its normal."""
     chronic_ratio: float = 2.0
     """A link whose score is within this factor of its usual (median) score for the job is congested as usual,
     and ranks after links whose trouble is new (see :func:`_path_state`)."""
@@ -329,7 +333,8 @@ class _Traffic:
 
 @dataclass(frozen=True, slots=True)
 class _LinkScores:
-    """``score`` and ``local_score`` of the links on the jobs' paths as (time, link) matrices, NaN where no row.
+    """``score``, ``local_score`` and the located score of the links on the jobs' paths as (time, link) matrices,
+    NaN where no row.
 
     Links are codes in their sorted names, so a job's path sorted by code is sorted by name. The
     congestion scores hold one row per link and interval.
@@ -340,6 +345,7 @@ class _LinkScores:
     """Per link, the host whose NIC it faces (a code), -1 for a switch-to-switch link."""
     score: np.ndarray
     local: np.ndarray
+    located: np.ndarray
 
     @staticmethod
     def of(scores: GridScores | FrameScores, stamps: np.ndarray, links: pd.Index, hosts: pd.Index,
@@ -353,7 +359,8 @@ class _LinkScores:
     def on_path(self, times: np.ndarray, path: np.ndarray) -> _PathScores:
         """The job's rows (time codes) of its path's links (codes, sorted)."""
         cells = np.ix_(times, path)
-        return _PathScores(self.names[path], self.host[path], self.score[cells], self.local[cells])
+        return _PathScores(self.names[path], self.host[path], self.score[cells], self.local[cells],
+                           self.located[cells])
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +371,8 @@ class _PathScores:
     host: np.ndarray
     score: np.ndarray
     local: np.ndarray
+    located: np.ndarray
+    """Evidence that places the trouble on the link itself (``congestion.located_scores``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,31 +539,32 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
     """Per interval: the worst congestion on the job's path, its worst local evidence, and the links to blame,
     worst first (a tuple of names).
 
-    A link is blamed when it is congested, or saturated (local evidence of its
-    own) on a congested path; links with local evidence rank before links that
-    only see congestion from their end. A link congested as usual for this job
-    (its score within ``chronic_ratio`` of its median over the job's intervals,
-    a median that is congested itself) ranks after links whose trouble is new:
-    an uplink that always drops a little is not what a PFC storm's episode is about.
+    A link is blamed when it is congested, or when the evidence places trouble on it (``located``: local
+    evidence of its own, or pauses from its own end) on a congested path. Links so located rank before links
+    that only see congestion pass by (ECN marks and CNPs at a host's NIC say the path is congested, not
+    where): the uplink that drops is named before the host ports whose NICs count the marks. Among those,
+    a link congested as usual for this job (its score within ``chronic_ratio`` of its median over the job's
+    intervals, a median that is congested itself) ranks after links whose trouble is new: an uplink that
+    always drops a little is not what a PFC storm's episode is about.
     """
     path_score = np.fmax.reduce(path.score, axis=1, initial=np.nan)
     local_score = np.fmax.reduce(path.local, axis=1, initial=np.nan)
     links = np.empty(len(path_score), dtype=object)
     links.fill(())
     congested = np.flatnonzero(path_score >= settings.congested)
-    score, local = path.score[congested], path.local[congested]
-    row, column = np.nonzero((score >= settings.congested) | (local >= settings.clean))
+    score, local, located = path.score[congested], path.local[congested], path.located[congested] >= settings.located
+    row, column = np.nonzero((score >= settings.congested) | located)
     if len(row):
-        score, local = score[row, column], local[row, column]
+        score, local, located = score[row, column], local[row, column], located[row, column]
         blamed = np.unique(column)
         usual = np.full(path.score.shape[1], np.nan)
         usual[blamed] = _column_medians(path.score[:, blamed])
         usual = usual[column]
         chronic = (usual >= settings.congested) & (score <= settings.chronic_ratio * usual)
-        # New trouble before usual; then worst local evidence, then worst score, missing ones last; then by
-        # name (the columns' order).
+        # Located before passing by; new trouble before usual; then worst local evidence, then worst score,
+        # missing ones last; then by name (the columns' order).
         order = np.lexsort((column, -np.where(np.isnan(score), 0.0, score), np.isnan(score),
-                            -np.where(np.isnan(local), 0.0, local), np.isnan(local), chronic, row))
+                            -np.where(np.isnan(local), 0.0, local), np.isnan(local), chronic, ~located, row))
         row, column = row[order], column[order]
         starts = np.flatnonzero(np.diff(row, prepend=-1))
         for start, blamed in zip(starts, np.split(column, starts[1:])):

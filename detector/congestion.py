@@ -88,6 +88,9 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in (
 )}
 """Default signals; floors are rates per second at which an excess alone counts as congestion."""
 
+LOCATING_PATH_SIGNALS = frozenset({"pauses_received", "paused_time"})
+"""Path signals that place the trouble on the link they are seen on: a NIC receives pause frames only from its
+own leaf port, which is pausing it. ECN marks, CNPs, waits and retransmissions may come from any hop."""
 UTILIZATION = Signal("utilization", LOCAL, "max(ifHCInOctets, ifHCOutOctets) * 8 / ifHighSpeed",
                      "share of line rate", floor=0.0)
 """Scored on its own ramp (below), not against a normal."""
@@ -267,9 +270,9 @@ class GridScores:
         frame["top_signal"] = _strings(self.names, by_time(self.top)[present])
         return frame
 
-    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-        """``score`` and ``local_score`` at these times (nanoseconds) and links as (time, link) matrices,
-        NaN where a cell has no score."""
+    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``score``, ``local_score`` and the located score (:func:`located_scores`) at these times (nanoseconds)
+        and links as (time, link) matrices, NaN where a cell has no score."""
         time = sorted_positions(self.time_values, times)
         link = pd.Index(self.link_names).get_indexer(links)
         known_times, known_links = np.flatnonzero(time >= 0), np.flatnonzero(link >= 0)
@@ -280,6 +283,7 @@ class GridScores:
             return grid[link[known_links]][:, time[known_times]].T
 
         present = cells(self.present)
+        locating = np.isin(cells(self.top), [code for code, name in enumerate(self.names) if name in LOCATING_PATH_SIGNALS])
         matrices = []
         for grid in (self.best, self.worst[LOCAL]):
             values = cells(grid)
@@ -291,7 +295,10 @@ class GridScores:
             matrix = np.full((len(times), len(links)), np.nan)
             matrix[np.ix_(known_times, known_links)] = known
             matrices.append(matrix)
-        return matrices[0], matrices[1]
+        top_locates = np.zeros((len(times), len(links)), dtype=bool)
+        top_locates[np.ix_(known_times, known_links)] = locating
+        score, local = matrices
+        return score, local, located_scores(score, local, top_locates)
 
 
 class FrameScores:
@@ -314,17 +321,26 @@ class FrameScores:
             keep &= (scores["score"] >= min_score).to_numpy()
         return scores[keep].reset_index(drop=True)
 
-    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    def matrices(self, times: np.ndarray, links: pd.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores = self._frame
         time = sorted_positions(times, _time_ns(scores))
         link = links.get_indexer(scores["link"])
         placed = (time >= 0) & (link >= 0)
+        cells = (time * len(links) + link)[placed]
         matrices = []
-        for column in ("score", "local_score"):
-            matrix = np.full(len(times) * len(links), np.nan)
-            matrix[(time * len(links) + link)[placed]] = scores[column].to_numpy(dtype=float)[placed]
+        for values in (scores["score"].to_numpy(dtype=float), scores["local_score"].to_numpy(dtype=float),
+                       scores["top_signal"].isin(LOCATING_PATH_SIGNALS).to_numpy()):
+            matrix = np.full(len(times) * len(links), np.nan if values.dtype.kind == "f" else False)
+            matrix[cells] = values[placed]
             matrices.append(matrix.reshape(len(times), len(links)))
-        return matrices[0], matrices[1]
+        score, local, top_locates = matrices
+        return score, local, located_scores(score, local, top_locates)
+
+
+def located_scores(score: np.ndarray, local: np.ndarray, top_locates: np.ndarray) -> np.ndarray:
+    """Per cell, how strongly the evidence places the trouble on the link itself: its local score, or its score
+    where the top signal is a locating path signal (:data:`LOCATING_PATH_SIGNALS`)."""
+    return np.where(top_locates, np.fmax(score, local), local)
 
 
 def _ns(stamp: pd.Timestamp) -> int:

@@ -14,7 +14,7 @@ from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
 from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _beside_loud, _column_medians,
                                   _PathScores, _path_state, _split, attribute, idle_loss_model)
-from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion
+from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion, located_scores
 from detector.detect import detect, never_clean_warnings
 from detector.episodes import EpisodeSettings, episode_ids
 from detector.evaluation import Accuracy, _uplink_peers, evaluate
@@ -372,21 +372,45 @@ def test_a_slow_host_on_a_chronically_congested_fabric_is_charged_beyond_what_th
 
 def test_links_congested_as_usual_rank_after_new_trouble():
     """An uplink that always drops a little (local evidence, score 3) is blamed after a PFC storm's leaf port
-    (pauses only, score 120) while the storm lasts; an uplink whose trouble is new keeps its place first."""
+    (pauses only, score 120: the NIC's pauses come from that port) while the storm lasts; an uplink whose
+    trouble is new keeps its place first."""
     names = np.array(["leaf01:swp1", "leaf01:swp33"])
     score = np.zeros((20, 2))
     local = np.zeros((20, 2))
     score[:, 1], local[:, 1] = 3.0, 3.0  # the uplink, always
     score[10:13, 0] = 120.0  # the storm
-    path = _PathScores(names, np.array([0, -1]), score, local)
+    storm = np.zeros((20, 2), dtype=bool)
+    storm[10:13, 0] = True  # its top signal: pauses received
+    path = _PathScores(names, np.array([0, -1]), score, local, located_scores(score, local, storm))
     _, _, links = _path_state(path, AttributionSettings())
     assert links[0] == ("leaf01:swp33",)
     assert all(blamed == ("leaf01:swp1", "leaf01:swp33") for blamed in links[10:13])
 
     score[:, 1], local[:, 1] = 0.0, 0.0
     score[10:13, 1], local[10:13, 1] = 3.0, 3.0  # the uplink's trouble is new as well
-    _, _, links = _path_state(_PathScores(names, np.array([0, -1]), score, local), AttributionSettings())
+    path = _PathScores(names, np.array([0, -1]), score, local, located_scores(score, local, storm))
+    _, _, links = _path_state(path, AttributionSettings())
     assert all(blamed == ("leaf01:swp33", "leaf01:swp1") for blamed in links[10:13])
+
+
+def test_an_uplink_that_drops_is_blamed_before_the_host_ports_whose_nics_count_the_marks():
+    """ECN marks at a host's NIC (path evidence, score 35) say the path is congested, not where; an uplink that
+    drops at half a signal's floor (local 0.45, new) or all along for other jobs' rings (local 1.5, as usual)
+    is where, and is named first."""
+    names = np.array(["leaf01:swp3", "leaf01:swp33"])
+    marks = np.zeros((20, 2), dtype=bool)
+    score, local = np.zeros((20, 2)), np.zeros((20, 2))
+    score[10:14, 0] = 35.0  # the host port: its NIC counts ECN marks
+    score[10:14, 1] = local[10:14, 1] = 0.45
+    path = _PathScores(names, np.array([0, -1]), score, local, located_scores(score, local, marks))
+    _, _, links = _path_state(path, AttributionSettings())
+    assert all(blamed == ("leaf01:swp33", "leaf01:swp3") for blamed in links[10:14])
+    assert links[0] == ()
+
+    score[:, 1] = local[:, 1] = 1.5  # the uplink drops all along
+    path = _PathScores(names, np.array([0, -1]), score, local, located_scores(score, local, marks))
+    _, _, links = _path_state(path, AttributionSettings())
+    assert all(blamed == ("leaf01:swp33", "leaf01:swp3") for blamed in links[10:14])
 
 
 def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_the_links_blamed_most_often():
