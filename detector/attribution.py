@@ -117,7 +117,7 @@ class AttributionSettings:
     """Utilization at least this share of its healthy (top) level: the host fed the GPUs in that interval."""
     min_baseline_intervals: int = 3
     located: float = 0.2
-    """Evidence that places trouble on a link itself (local, or pauses from its own end; see
+    """Evidence that places trouble on a link itself (local, or a NIC paused by its own leaf port; see
     ``congestion.located_scores``) from which a link on a congested path is blamed and ranks before links that
     only see the congestion pass by (ECN marks, CNPs): a fifth of a signal's floor above its normal."""
     chronic_ratio: float = 2.0
@@ -540,9 +540,9 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
     worst first (a tuple of names).
 
     A link is blamed when it is congested, or when the evidence places trouble on it (``located``: local
-    evidence of its own, or pauses from its own end) on a congested path. Links so located rank before links
-    that only see congestion pass by (ECN marks and CNPs at a host's NIC say the path is congested, not
-    where): the uplink that drops is named before the host ports whose NICs count the marks. Among those,
+    evidence of its own, or a NIC paused by its own leaf port) on a congested path. Links so located rank
+    before links that only see congestion pass by (ECN marks and CNPs at a host's NIC say the path is
+    congested, not where): the uplink that drops is named before the host ports whose NICs count the marks. Among those,
     a link congested as usual for this job (its score within ``chronic_ratio`` of its median over the job's
     intervals, a median that is congested itself) ranks after links whose trouble is new: an uplink that
     always drops a little is not what a PFC storm's episode is about.

@@ -88,9 +88,11 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in (
 )}
 """Default signals; floors are rates per second at which an excess alone counts as congestion."""
 
-LOCATING_PATH_SIGNALS = frozenset({"pauses_received", "paused_time"})
-"""Path signals that place the trouble on the link they are seen on: a NIC receives pause frames only from its
-own leaf port, which is pausing it. ECN marks, CNPs, waits and retransmissions may come from any hop."""
+LOCATING_PATH_SIGNALS = frozenset({"pauses_received", "paused_time", "xmit_wait"})
+"""Path signals that place the trouble on the link they are seen on: a NIC receives pause frames only from its own
+leaf port, and waits to send (``port_xmit_wait``) only while that port pauses it or withholds credits. ECN marks,
+CNPs and retransmissions may come from any hop."""
+
 UTILIZATION = Signal("utilization", LOCAL, "max(ifHCInOctets, ifHCOutOctets) * 8 / ifHighSpeed",
                      "share of line rate", floor=0.0)
 """Scored on its own ramp (below), not against a normal."""
@@ -283,7 +285,8 @@ class GridScores:
             return grid[link[known_links]][:, time[known_times]].T
 
         present = cells(self.present)
-        locating = np.isin(cells(self.top), [code for code, name in enumerate(self.names) if name in LOCATING_PATH_SIGNALS])
+        locating = np.isin(cells(self.top), [code for code, name in enumerate(self.names)
+                                             if name in LOCATING_PATH_SIGNALS])
         matrices = []
         for grid in (self.best, self.worst[LOCAL]):
             values = cells(grid)

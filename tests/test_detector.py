@@ -413,6 +413,18 @@ def test_an_uplink_that_drops_is_blamed_before_the_host_ports_whose_nics_count_t
     assert all(blamed == ("leaf01:swp33", "leaf01:swp3") for blamed in links[10:14])
 
 
+def test_a_nic_paused_by_its_own_leaf_port_locates_the_trouble_on_that_link_and_marks_do_not():
+    """Pauses a NIC receives and its waits to send come from its own leaf port; ECN marks from any hop."""
+    from detector.congestion import FrameScores
+    times = pd.DatetimeIndex([T0, T0, T0, T0])
+    frame = pd.DataFrame({"time": times, "link": ["a", "b", "c", "d"], "score": [30.0, 20.0, 40.0, 2.0],
+                          "local_score": [0.0, 0.0, 0.0, 2.0],
+                          "top_signal": ["pauses_received", "xmit_wait", "ecn_marked", "discards"]})
+    score, local, located = FrameScores(frame).matrices(np.array([T0.value]), pd.Index(["a", "b", "c", "d"]))
+    np.testing.assert_array_equal(located[0], [30.0, 20.0, 0.0, 2.0])
+    np.testing.assert_array_equal(score[0], frame["score"].to_numpy())
+
+
 def test_a_job_whose_path_is_never_clean_while_it_works_is_named_with_the_links_blamed_most_often():
     """The links first blamed in most of the job's intervals, most often first; past ten jobs the rest are counted."""
     links = [("spine01:swp2", "leaf01:swp25")] * 8 + [("leaf01:swp25",)] * 2 + [()] * 2
