@@ -285,23 +285,22 @@ class GridScores:
             return grid[link[known_links]][:, time[known_times]].T
 
         present = cells(self.present)
-        locating = np.isin(cells(self.top), [code for code, name in enumerate(self.names)
-                                             if name in LOCATING_PATH_SIGNALS])
-        matrices = []
+        known = []
         for grid in (self.best, self.worst[LOCAL]):
             values = cells(grid)
             values[np.isneginf(values)] = 0.0
-            known = np.where(present, values, np.nan)
-            if everywhere:
-                matrices.append(np.ascontiguousarray(known))
-                continue
+            known.append(np.where(present, values, np.nan))
+        # Per top signal code (the last entry: -1, no signal), whether it is a locating path signal.
+        locating = np.array([name in LOCATING_PATH_SIGNALS for name in self.names] + [False])
+        known.append(located_scores(*known, locating[cells(self.top)]))
+        if everywhere:
+            return tuple(np.ascontiguousarray(values) for values in known)
+        matrices = []
+        for values in known:
             matrix = np.full((len(times), len(links)), np.nan)
-            matrix[np.ix_(known_times, known_links)] = known
+            matrix[np.ix_(known_times, known_links)] = values
             matrices.append(matrix)
-        top_locates = np.zeros((len(times), len(links)), dtype=bool)
-        top_locates[np.ix_(known_times, known_links)] = locating
-        score, local = matrices
-        return score, local, located_scores(score, local, top_locates)
+        return tuple(matrices)
 
 
 class FrameScores:
