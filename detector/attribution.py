@@ -542,10 +542,10 @@ def _path_state(path: _PathScores, settings: AttributionSettings) -> tuple[np.nd
     A link is blamed when it is congested, or when the evidence places trouble on it (``located``: local
     evidence of its own, or a NIC paused by its own leaf port) on a congested path. Links so located rank
     before links that only see congestion pass by (ECN marks and CNPs at a host's NIC say the path is
-    congested, not where): the uplink that drops is named before the host ports whose NICs count the marks. Among those,
-    a link congested as usual for this job (its score within ``chronic_ratio`` of its median over the job's
-    intervals, a median that is congested itself) ranks after links whose trouble is new: an uplink that
-    always drops a little is not what a PFC storm's episode is about.
+    congested, not where): the uplink that drops is named before the host ports whose NICs count the
+    marks. Among those, a link congested as usual for this job (its score within ``chronic_ratio`` of its
+    median over the job's intervals, a median that is congested itself) ranks after links whose trouble is
+    new: an uplink that always drops a little is not what a PFC storm's episode is about.
     """
     path_score = np.fmax.reduce(path.score, axis=1, initial=np.nan)
     local_score = np.fmax.reduce(path.local, axis=1, initial=np.nan)
