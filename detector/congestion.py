@@ -329,14 +329,15 @@ class FrameScores:
         link = links.get_indexer(scores["link"])
         placed = (time >= 0) & (link >= 0)
         cells = (time * len(links) + link)[placed]
+        score = scores["score"].to_numpy(dtype=float)[placed]
+        local = scores["local_score"].to_numpy(dtype=float)[placed]
+        located = located_scores(score, local, scores["top_signal"].isin(LOCATING_PATH_SIGNALS).to_numpy()[placed])
         matrices = []
-        for values in (scores["score"].to_numpy(dtype=float), scores["local_score"].to_numpy(dtype=float),
-                       scores["top_signal"].isin(LOCATING_PATH_SIGNALS).to_numpy()):
-            matrix = np.full(len(times) * len(links), np.nan if values.dtype.kind == "f" else False)
-            matrix[cells] = values[placed]
+        for values in (score, local, located):
+            matrix = np.full(len(times) * len(links), np.nan)
+            matrix[cells] = values
             matrices.append(matrix.reshape(len(times), len(links)))
-        score, local, top_locates = matrices
-        return score, local, located_scores(score, local, top_locates)
+        return tuple(matrices)
 
 
 def located_scores(score: np.ndarray, local: np.ndarray, top_locates: np.ndarray) -> np.ndarray:
