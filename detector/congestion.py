@@ -40,12 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numba
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, factorize_runs, grid_codes,
+from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, grid_codes_apart,
                             grid_step_ns, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
-                            utc_times)
+                            utc_times, value_runs)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -423,22 +424,26 @@ class _EvidenceGrid:
     """
 
     def __init__(self, frames: list[pd.DataFrame], step_ns: int) -> None:
-        times = [_time_ns(frame) for frame in frames]
-        links = [frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object)
-                 for frame in frames]
-        all_links = np.concatenate(links)
-        link_codes, link_names = factorize_runs(all_links)
+        time_codes, self.time_values = grid_codes_apart([_time_ns(frame) for frame in frames], step_ns)
+        # A frame's links come in runs (a series' rows): only each run's link is coded.
+        runs = [value_runs(frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object))
+                for frame in frames]
+        head_codes, link_names = pd.factorize(np.concatenate([heads for _, heads in runs]))
         by_name = np.argsort(np.asarray(link_names, dtype=object), kind="stable")
         rank = np.empty(len(by_name), dtype=np.int64)
         rank[by_name] = np.arange(len(by_name))
-        link_codes = rank[link_codes] if len(link_codes) else link_codes.astype(np.int64)
-        time_codes, self.time_values = grid_codes(np.concatenate(times), step_ns)
         self.link_names = np.asarray(link_names, dtype=object)[by_name]
         self.times = pd.DatetimeIndex(self.time_values.view("datetime64[ns]")).tz_localize("UTC").array
         self.n_links = len(self.link_names)
-        bounds = np.cumsum([0, *(len(t) for t in times)])
-        self.cells = [link_codes[a:b] * len(self.time_values) + time_codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        self.series_links = [_series_links(cells, len(self.time_values)) for cells in self.cells]
+        n_times = len(self.time_values)
+        run_bounds = np.cumsum([0, *(len(starts) for starts, _ in runs)])
+        self.cells = []
+        for (starts, _), first, last, times in zip(runs, run_bounds[:-1], run_bounds[1:], time_codes):
+            lengths = np.diff(np.append(starts, len(times)))
+            cells = np.repeat(rank[head_codes[first:last]] * n_times, lengths)
+            cells += times
+            self.cells.append(cells)
+        self.series_links = [_series_links(cells, n_times) for cells in self.cells]
 
     def has_duplicates(self) -> bool:
         """Whether two series of one frame fall on the same link and interval (their values must add up)."""
@@ -461,13 +466,15 @@ class _EvidenceGrid:
         n_times = len(self.time_values)
 
         def add(name: str, kind: str, values: _Placed, normal: np.ndarray, score: np.ndarray) -> None:
+            """Add a signal's scores; ``normal`` is per link (per series where the values are a matrix)."""
             values.add_to(scores, len(names), kind, score)
             value = values.value
             if keep_unscored:
-                cell = values.cells()
+                cell, normal = values.cells(), values.per_row(normal)
             else:
                 scored = np.flatnonzero(score > 0)
-                cell, value, normal, score = values.cells(scored), value[scored], normal[scored], score[scored]
+                cell, value, score = values.cells(scored), value[scored], score[scored]
+                normal = values.per_row(normal, scored)
             entries.append(SignalEntries(len(names), cell, value, normal, score))
             names.append(name)
             kinds.append(kind)
@@ -480,9 +487,7 @@ class _EvidenceGrid:
                 signal = signals[name]
                 values = _Placed.of(series.to_numpy(dtype=float), frame_cells, series_links, self.n_links, n_times)
                 normal = _normal(values, signal)
-                value = values.value
-                score = np.clip((value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
-                add(name, signal.kind, values, normal, score)
+                add(name, signal.kind, values, normal, values.scores(normal, signal))
 
         if not ports.empty:
             busiest = np.fmax(ports["in_bps"].to_numpy(dtype=float), ports["out_bps"].to_numpy(dtype=float))
@@ -491,7 +496,7 @@ class _EvidenceGrid:
                 share = np.where(speed > 0, busiest / speed, np.nan)
             used = _Placed.of(share, self.cells[0], self.series_links[0], self.n_links, n_times)
             if len(used.value):
-                normal = used.per_row(used.quantile(0.5))
+                normal = used.quantile(0.5)
                 ramp = (used.value - UTILIZATION_START) / (UTILIZATION_FULL - UTILIZATION_START)
                 add(UTILIZATION.name, LOCAL, used, normal, UTILIZATION_CAP * ramp.clip(0, 1))
 
@@ -539,11 +544,22 @@ class _Placed:
             return _link_quantile(self.value, self.cell, self.n_links, self.n_times, quantile)
         return _row_quantile(self.value.reshape(len(self.links), self.n_times), quantile)
 
-    def per_row(self, per_link: np.ndarray) -> np.ndarray:
-        """A value per link (from :meth:`quantile`) for each of the signal's values."""
+    def per_row(self, per_link: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """A value per link (from :meth:`quantile`) for each of the signal's values (those at ``rows``)."""
         if self.links is None:
-            return per_link[self.cell // self.n_times]
-        return np.repeat(per_link, self.n_times)
+            return per_link[self.cells(rows) // self.n_times]
+        if rows is None:
+            return np.repeat(per_link, self.n_times)
+        return per_link[rows // self.n_times]
+
+    def scores(self, normal: np.ndarray, signal: Signal) -> np.ndarray:
+        """Each value's score: how far above its link's ``normal`` (from :func:`_normal`), in units of the
+        larger of the signal's floor and its share of the normal, 0 below the normal."""
+        if self.links is None:
+            normal = self.per_row(normal)
+            return np.clip((self.value - normal) / np.maximum(signal.floor, signal.relative * normal), 0, None)
+        matrix = self.value.reshape(len(self.links), self.n_times)
+        return _row_scores(matrix, normal, signal.floor, signal.relative).reshape(-1)
 
     def cells(self, rows: np.ndarray | None = None) -> np.ndarray:
         """The grid cells of the values (of those at ``rows``)."""
@@ -571,6 +587,21 @@ def _row_quantile(matrix: np.ndarray, quantile: float) -> np.ndarray:
     return _interpolate(ordered[:, below[0]], ordered[:, above[0]], fraction, quantile)
 
 
+@numba.njit(cache=True, nogil=True)
+def _row_scores(value: np.ndarray, normal: np.ndarray, floor: float, relative: float) -> np.ndarray:
+    """``np.clip((value - normal) / np.maximum(floor, relative * normal), 0, None)`` with a normal per row of
+    ``value``, in one pass (the numbers to the bit, without a normal per value or the temporaries)."""
+    score = np.empty_like(value)
+    for row in range(value.shape[0]):
+        own = normal[row]
+        share = relative * own
+        scale = floor if floor >= share else share  # np.maximum: a NaN share wins
+        for column in range(value.shape[1]):
+            ratio = (value[row, column] - own) / scale
+            score[row, column] = ratio if ratio > 0 or ratio != ratio else 0.0
+    return score
+
+
 class _ScoreGrid:
     """Per (time, link) grid cell, the scores of the signals added so far, one signal at a time.
 
@@ -596,30 +627,32 @@ class _ScoreGrid:
         self.undefined[cell[np.isnan(score)]] = True
 
     def add_rows(self, code: int, kind: str, links: np.ndarray, score: np.ndarray) -> None:
-        """:meth:`add` of a (series, time) matrix of scores whose series lie on these links, all times each.
-
-        Where the links are consecutive (a switch port signal covers every link in order),
-        the grid's rows are changed in place; otherwise they are gathered and put back.
-        """
+        """:meth:`add` of a (series, time) matrix of scores whose series lie on these links, all times each."""
         shape = (-1, score.shape[1])
-        consecutive = len(links) > 0 and bool((np.diff(links) == 1).all())
-        rows = slice(int(links[0]), int(links[-1]) + 1) if consecutive else links
-        by_kind = self.worst[kind].reshape(shape)
-        best, top = self.best.reshape(shape), self.top.reshape(shape)
-        current_by_kind, current, current_top = by_kind[rows], best[rows], top[rows]
-        np.maximum(current_by_kind, score, out=current_by_kind)
-        higher = score > current
-        np.copyto(current, score, where=higher)
-        current_top[higher] = code
-        if not consecutive:  # gathered rows are copies
-            by_kind[rows], best[rows], top[rows] = current_by_kind, current, current_top
-        undefined = np.isnan(score)
-        if undefined.any():
-            self.undefined.reshape(shape)[rows] |= undefined
+        _add_rows(code, links, score, self.worst[kind].reshape(shape), self.best.reshape(shape),
+                  self.top.reshape(shape), self.undefined.reshape(shape))
 
     def present(self) -> np.ndarray:
         """Per cell, whether it has a highest score."""
         return (self.top >= 0) & ~self.undefined
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_rows(code: int, links: np.ndarray, score: np.ndarray, worst: np.ndarray, best: np.ndarray,
+              top: np.ndarray, undefined: np.ndarray) -> None:
+    """:meth:`_ScoreGrid.add_rows` on the grid's (link, time) matrices, in one pass over the scores."""
+    for row in range(score.shape[0]):
+        link = links[row]
+        for column in range(score.shape[1]):
+            value = score[row, column]
+            current = worst[link, column]
+            if not (current >= value or current != current):  # np.maximum: NaN wins
+                worst[link, column] = value
+            if value > best[link, column]:
+                best[link, column] = value
+                top[link, column] = code
+            elif value != value:
+                undefined[link, column] = True
 
 
 def _time_ns(frame: pd.DataFrame) -> np.ndarray:
@@ -678,13 +711,14 @@ LINK_QUANTILE_BLOCK_CELLS = 2**23
 
 
 def _normal(values: _Placed, signal: Signal) -> np.ndarray:
-    """Per evidence row of one signal: the lower of its link's 25th percentile and the fleet's median."""
+    """Per link (per series where the values are a matrix) of one signal: the lower of its 25th percentile
+    and the fleet's median."""
     if not len(values.value):
         return np.empty(0)
     own = values.quantile(NORMAL_QUANTILE)
     if signal.fleet_normal:
         own = np.minimum(own, np.median(values.value))
-    return values.per_row(np.clip(own, 0, None))
+    return np.clip(own, 0, None)
 
 
 def _evidence_by_groupby(
@@ -957,19 +991,21 @@ class _TimeHostKeys:
 
     Times and hosts are coded in the order a groupby sorts them (-1 where either is
     missing, rows a groupby drops), so sorting keys sorts rows by time, then host.
-    Times on the grid of ``step_ns`` are coded by arithmetic (:func:`grid_codes`).
+    Times on the grid of ``step_ns`` are coded by arithmetic (:func:`grid_codes_apart`).
     """
 
     def __init__(self, columns: list[tuple[pd.Series, pd.Series]], step_ns: int) -> None:
-        time_codes, times = grid_codes(np.concatenate([nanoseconds(times) for times, _ in columns]), step_ns)
+        time_codes, times = grid_codes_apart([nanoseconds(times) for times, _ in columns], step_ns)
         self.times = utc_times(times)
-        host_codes, self.hosts = factorize_runs(pd.concat([hosts for _, hosts in columns], ignore_index=True),
-                                                sort=True)
+        # A frame's hosts come in runs (a series' rows): only each run's host is coded.
+        runs = [value_runs(hosts) for _, hosts in columns]
+        head_codes, self.hosts = pd.factorize(pd.concat([heads for _, heads in runs], ignore_index=True), sort=True)
         self.n_hosts = max(len(self.hosts), 1)
-        keys = np.where((time_codes >= 0) & (host_codes >= 0),
-                        time_codes.astype(np.int64) * self.n_hosts + host_codes, -1)
-        bounds = np.cumsum([0, *(len(times) for times, _ in columns)])
-        self.keys = [keys[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        run_bounds = np.cumsum([0, *(len(starts) for starts, _ in runs)])
+        self.keys = []
+        for (starts, _), first, last, times in zip(runs, run_bounds[:-1], run_bounds[1:], time_codes):
+            host_codes = np.repeat(head_codes[first:last], np.diff(np.append(starts, len(times))))
+            self.keys.append(np.where((times >= 0) & (host_codes >= 0), times * self.n_hosts + host_codes, -1))
 
     def frame(self, keys: np.ndarray, columns: dict[str, object]) -> pd.DataFrame:
         """time, host and ``columns`` for rows with these keys."""

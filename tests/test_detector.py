@@ -14,7 +14,8 @@ from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
 from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _beside_loud, _column_medians,
                                   _PathScores, _path_state, _split, attribute, idle_loss_model)
-from detector.congestion import UTILIZATION_CAP, _sum, _sums_by_key, link_congestion, located_scores
+from detector.congestion import (LOCAL, UTILIZATION_CAP, Signal, _Placed, _ScoreGrid, _sum, _sums_by_key, link_congestion,
+                                 located_scores)
 from detector.detect import detect, never_clean_warnings
 from detector.episodes import EpisodeSettings, episode_ids
 from detector.evaluation import Accuracy, _uplink_peers, evaluate
@@ -201,6 +202,35 @@ def test_signal_sums_are_pandas_row_sums_to_the_bit():
             both = ~np.isnan(expected.to_numpy())
             assert (got.to_numpy()[both].view(np.int64) == expected.to_numpy()[both].view(np.int64)).all(), names
     assert _sum(frame, ["missing"]) is None
+
+
+def test_a_signal_scored_as_a_matrix_gives_the_numbers_of_its_cells_to_the_bit():
+    """Values that are a (series, time) matrix are scored and put on the grid in one pass per signal; scores,
+    maxima, top signals and undefined cells must be those of the cell by cell path, NaN normals and signed zeros too."""
+    rng = np.random.default_rng(13)
+    n_links, n_times = 7, 60
+    links = np.array([5, 1, 2, 6])  # scattered rows of the grid
+    value = rng.choice([0.0, -0.0, 0.5, 3.0, 1e6, -2.0, 1e-300], size=(len(links), n_times)).ravel()
+    normal = np.array([0.5, np.nan, 0.0, 2.0])
+    cells = (links[:, None] * n_times + np.arange(n_times)).ravel()
+    as_matrix = _Placed(value, cells, links, n_links, n_times)
+    by_cell = _Placed(value, cells, None, n_links, n_times)
+    per_link = np.full(n_links, np.nan)
+    per_link[links] = normal
+    signal = Signal("s", LOCAL, "", "", floor=1.0, relative=0.5)
+    got, want = as_matrix.scores(normal, signal), by_cell.scores(per_link, signal)
+    assert np.isnan(want).any() and (want == 0).any() and (want > 0).any()
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    earlier = rng.choice([0.0, 1.0, 2.0, np.nan], len(cells))  # a signal scored before, on the same cells
+    grids = []
+    for placed in (as_matrix, by_cell):
+        grid = _ScoreGrid(n_links * n_times)
+        grid.add(0, LOCAL, cells, earlier)
+        placed.add_to(grid, 1, LOCAL, got)
+        grids.append(grid)
+    for name in ("best", "top", "undefined"):
+        np.testing.assert_array_equal(getattr(grids[0], name), getattr(grids[1], name))
+    np.testing.assert_array_equal(grids[0].worst[LOCAL], grids[1].worst[LOCAL])
 
 
 def test_host_sums_are_pandas_groupby_sums_to_the_bit():

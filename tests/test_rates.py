@@ -191,7 +191,7 @@ def test_fields_a_point_lists_as_counter32_wrap_too():
 
 
 def test_counters_with_a_value_in_every_row_give_the_rates_of_gappy_ones():
-    """Dense counters take contiguous differences; they must give what the gap-aware path gives."""
+    """Dense counters take their differences in one pass; they must give what the gap-aware path gives."""
     rng = np.random.default_rng(7)
     frames = []
     for port in ("swp1", "swp2", "swp3"):
