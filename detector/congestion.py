@@ -44,8 +44,8 @@ import numba
 import numpy as np
 import pandas as pd
 
-from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, grid_codes_apart,
-                            grid_step_ns, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
+from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, grid_codes_apart, grid_step_ns,
+                            in_order, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
                             utc_times, value_runs)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
@@ -972,18 +972,58 @@ def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Ser
 def _sums_by_key(values: pd.DataFrame, keys: np.ndarray, min_count: int = 0) -> pd.DataFrame:
     """The columns' sums per key (-1: none, the row is left out), indexed by key in order.
 
-    pandas' own groupby sums, so they are those of the groupby over the columns the keys
-    code to the last bit: pandas sums sorted keys by ``reduceat`` (unless a column of the
-    block has a NaN), others by compensated summation, and the same rows in the same order
-    (a missing key as a NaN one) and the same blocks make the same choice. The keys go to
-    pandas as a categorical of the keys present, so pandas takes its group codes as they are
-    instead of hashing millions of keys to find them.
+    pandas' own groupby sums over the columns the keys code, to the last bit: pandas sums
+    sorted keys by ``reduceat`` (unless a column of the block has a NaN), others by
+    compensated summation (its Cython ``group_sum``), which :func:`_compensated_sums` does
+    the same way on a table of keys, without pandas' factorizing and grouping. Sorted or
+    sparse keys go to pandas as a categorical of the keys present, so pandas takes its group
+    codes as they are instead of hashing millions of keys to find them.
     """
+    table = values.to_numpy(dtype=float)
+    span = int(keys.max()) + 1 if len(keys) else 0
+    if span <= 4 * len(keys) and not (in_order(keys) and not np.isnan(table).any()):
+        sums, observed, rows = _compensated_sums(keys, table, span)
+        present = np.flatnonzero(rows)
+        sums = sums[present]
+        sums[observed[present] < min_count] = np.nan
+        return pd.DataFrame(sums, index=present, columns=values.columns)
     codes, present = key_codes(keys)
     groups = pd.Categorical.from_codes(codes, categories=pd.Index(present), validate=False)
     sums = values.groupby(groups, observed=False).sum(min_count=min_count)
     sums.index = present
     return sums
+
+
+@numba.njit(cache=True, nogil=True)
+def _compensated_sums(keys: np.ndarray, values: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per key 0 .. span - 1 and column, the sum of the rows' values as pandas' ``group_sum`` adds them
+    (compensated, NaN skipped, an infinite value resetting the compensation), how many values it
+    added, and per key how many rows it has; rows of a negative key are left out.
+
+    A key's running sums, compensations and counts lie side by side, so a row's update touches
+    one cache line: rows come by series, so consecutive rows' keys are far apart.
+    """
+    n_columns = values.shape[1]
+    state = np.zeros((span, 1 + 3 * n_columns))  # rows, then (sum, compensation, values added) per column
+    for row in range(len(keys)):
+        key = keys[row]
+        if key < 0:
+            continue
+        state[key, 0] += 1
+        for column in range(n_columns):
+            value = values[row, column]
+            if value != value:
+                continue
+            at = 1 + 3 * column
+            state[key, at + 2] += 1
+            step = value - state[key, at + 1]
+            total = state[key, at] + step
+            compensation = total - state[key, at] - step
+            state[key, at + 1] = compensation if compensation == compensation else 0.0
+            state[key, at] = total
+    sums = state[:, 1::3].copy()
+    observed = state[:, 3::3].copy()
+    return sums, observed, state[:, 0].copy()
 
 
 class _TimeHostKeys:

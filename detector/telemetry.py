@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -199,13 +200,10 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     """
     if frame.empty:
         return frame
-    step_ns = step_s * 1e9
-    stamps = nanoseconds(frame[TIME])
-    covered = frame["interval_s"].to_numpy(dtype=float)
-    covered = np.where(np.isfinite(covered) & (covered > 0), covered, step_s)
-    bins = np.ceil((stamps - covered * 1e9 / 2) / step_ns).astype(np.int64)
-    frame = frame.assign(**{TIME: utc_times(bins * grid_step_ns(step_s))})
-    if not _has_duplicate_cells(frame, keys, bins):
+    bins, grid_times, covered = _grid_bins(nanoseconds(frame[TIME]), frame["interval_s"].to_numpy(dtype=float),
+                                           step_s, grid_step_ns(step_s))
+    frame = frame.assign(**{TIME: utc_times(grid_times)})
+    if _one_sample_per_cell(group_codes([frame[key] for key in keys]), bins):
         return frame.reset_index(drop=True)
     numeric = [c for c in frame.columns
                if c not in (TIME, *keys, "interval_s") and pd.api.types.is_numeric_dtype(frame[c])]
@@ -222,13 +220,41 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     return merged.reset_index()
 
 
-def _has_duplicate_cells(frame: pd.DataFrame, keys: list[str], bins: np.ndarray) -> bool:
-    """Whether two samples of one series land in one grid interval (integer codes, not a string ``duplicated``)."""
-    series = group_codes([frame[key] for key in keys])
+@numba.njit(cache=True, nogil=True)
+def _grid_bins(
+    stamps: np.ndarray, covered: np.ndarray, step_s: float, step_ns: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample, :func:`_on_grid`'s grid bin, that bin's time in nanoseconds and the seconds the sample
+    covers (``step_s`` where ``covered`` is not a positive number), in one pass."""
+    bins = np.empty(len(stamps), dtype=np.int64)
+    times = np.empty(len(stamps), dtype=np.int64)
+    spans = np.empty(len(stamps))
+    step = step_s * 1e9
+    for row in range(len(stamps)):
+        span = covered[row]
+        if not (np.isfinite(span) and span > 0):
+            span = step_s
+        spans[row] = span
+        bins[row] = np.int64(np.ceil((stamps[row] - span * 1e9 / 2) / step))
+        times[row] = bins[row] * step_ns
+    return bins, times, spans
+
+
+def _one_sample_per_cell(series: np.ndarray, bins: np.ndarray) -> bool:
+    """Whether no two samples of one series (``series``: its code per row) land in one grid interval."""
+    if _in_series_then_bin_order(series, bins):  # rows come by series, then time: no cell can repeat
+        return True
     cells = series * (int(bins.max() - bins.min()) + 1) + (bins - bins.min())
-    if (np.diff(cells) > 0).all():  # rows come by series, then time: no cell can repeat
-        return False
-    return len(pd.unique(cells)) != len(cells)
+    return len(pd.unique(cells)) == len(cells)
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_series_then_bin_order(series: np.ndarray, bins: np.ndarray) -> bool:
+    """Whether rows come by series code, then strictly rising bin within a series."""
+    for row in range(1, len(series)):
+        if series[row] < series[row - 1] or (series[row] == series[row - 1] and bins[row] <= bins[row - 1]):
+            return False
+    return True
 
 
 def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -366,39 +392,49 @@ def _gpu_samples(frame: pd.DataFrame | None) -> pd.DataFrame:
     if gpu.isna().any():
         bad = frame.loc[gpu.isna(), "index"].iloc[0]
         raise TelemetryError(f"measurement '{NVIDIA_SMI}': tag 'index' is not a GPU number: {bad!r}")
-    out = pd.DataFrame({"time": frame[TIME], "host": frame["host"].astype(str), "gpu": gpu.astype(int)})
-    out["busy"] = np.nan
-    out["busy_field"] = ""
+    host = frame["host"].astype(str)
+    gpu = gpu.astype(int)
+    sm, utilization = (_field(frame, name) for name in BUSY_FIELDS)
     # One signal per GPU, never a mix: a GPU that reports SM activity at all is judged on it alone.
-    has_sm = pd.Series(False, index=frame.index)
-    if "sm_active" in frame.columns:
-        sm = pd.to_numeric(frame["sm_active"], errors="coerce")
-        gpu_codes = group_codes([out["host"], out["gpu"]])
+    gpu_codes = group_codes([host, gpu])
+    has_sm = np.zeros(len(frame), dtype=bool)
+    if sm is not None:
         reports_sm = np.zeros(gpu_codes.max() + 1, dtype=bool)
-        reports_sm[gpu_codes[sm.notna().to_numpy()]] = True
-        has_sm = pd.Series(reports_sm[gpu_codes], index=frame.index)
-        out.loc[has_sm, "busy"] = sm[has_sm]
-        out.loc[has_sm, "busy_field"] = "sm_active"
-    out["kernel"] = np.nan
-    if "utilization_gpu" in frame.columns:
-        utilization = pd.to_numeric(frame["utilization_gpu"], errors="coerce")
-        out.loc[~has_sm, "busy"] = utilization[~has_sm]
-        out.loc[~has_sm, "busy_field"] = "utilization_gpu"
+        reports_sm[gpu_codes[~np.isnan(sm)]] = True
+        has_sm = reports_sm[gpu_codes]
+    busy, kernel = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
+    busy_field = np.zeros(len(frame), dtype=np.int8)  # 0: none, else 1 + its position in BUSY_FIELDS
+    if sm is not None:
+        np.copyto(busy, sm, where=has_sm)
+        busy_field[has_sm] = 1
+    if utilization is not None:
+        np.copyto(busy, utilization, where=~has_sm)
+        busy_field[~has_sm] = 2
         # Beside SM activity, NVML's utilization says whether any kernel ran at all (NCCL's included).
-        out.loc[has_sm, "kernel"] = utilization[has_sm]
-    out["power_w"] = pd.to_numeric(frame["power_draw"], errors="coerce") if "power_draw" in frame.columns else np.nan
-    out["model"] = frame["name"].astype(str) if "name" in frame.columns else ""
+        np.copyto(kernel, utilization, where=has_sm)
+    out = pd.DataFrame({
+        "time": frame[TIME], "host": host, "gpu": gpu, "busy": busy,
+        "busy_field": pd.array(["", *BUSY_FIELDS], dtype="str").take(busy_field),
+        "kernel": kernel,
+        "power_w": pd.to_numeric(frame["power_draw"], errors="coerce") if "power_draw" in frame.columns else np.nan,
+        "model": frame["name"].astype(str) if "name" in frame.columns else "",
+    })
     stamps = nanoseconds(out[TIME])
     if not in_order(factorize_runs(out["host"], sort=True)[0], out["gpu"].to_numpy(), stamps):
         out = out.sort_values(["host", "gpu", TIME], kind="stable")
         stamps = nanoseconds(out[TIME])
-    stamps = stamps.astype(float)
-    hosts, indices = out["host"].to_numpy(), out["gpu"].to_numpy()
-    same = (hosts[1:] == hosts[:-1]) & (indices[1:] == indices[:-1])
+        gpu_codes = group_codes([out["host"], out["gpu"]])
     interval = np.full(len(out), np.nan)
-    interval[1:] = np.where(same, np.diff(stamps) / 1e9, np.nan)
+    interval[1:] = np.where(gpu_codes[1:] == gpu_codes[:-1], np.diff(stamps.astype(float)) / 1e9, np.nan)
     out["interval_s"] = interval
     return out.reset_index(drop=True)
+
+
+def _field(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """A field's values as floats (NaN where not a number), None where the frame lacks it."""
+    if name not in frame.columns:
+        return None
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def _last_tag(frame: pd.DataFrame, keys: list[str], tag: str) -> dict[tuple, str]:

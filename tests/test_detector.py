@@ -236,7 +236,7 @@ def test_a_signal_scored_as_a_matrix_gives_the_numbers_of_its_cells_to_the_bit()
 def test_host_sums_are_pandas_groupby_sums_to_the_bit():
     """Sums per integer key are those of a groupby over the keys, whichever way pandas sums (sorted or not, NaN or not)."""
     rng = np.random.default_rng(9)
-    choices = [0.1, 0.2, 0.3, 1e16, -1e16, 1.0, 1e-3, -0.0]
+    choices = [0.1, 0.2, 0.3, 1e16, -1e16, 1.0, 1e-3, -0.0, np.inf]
     for sorted_keys in (True, False):
         for gaps in (False, True):
             keys = rng.integers(-1, 300, 20000)
