@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Iterable
 
+import numba
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import HuberRegressor
@@ -242,21 +243,20 @@ def _job_samples(
     host_codes, host_names = factorize_runs(gpus["host"], use_na_sentinel=False)
     host, gpu = hosts.get_indexer(host_names)[host_codes], gpus["gpu"].to_numpy()
     sample_gpu = np.where((host >= 0) & (gpu >= low) & (gpu <= high) & (time >= 0), host * width + gpu - low, -1)
-    first = np.searchsorted(member_gpu[by_gpu], sample_gpu, "left")
-    sample, at = _ranges(first, np.searchsorted(member_gpu[by_gpu], sample_gpu, "right") - first)
-    member = by_gpu[at]
-    stamp = stamps[time[sample]]
-    inside = (stamp > _span_ends(members["start"])[member]) & (stamp <= _span_ends(members["end"])[member])
-    sample, member = sample[inside], member[inside]
-    job = jobs.get_indexer(members["job"])[member]
+    gpu_ids = np.arange(len(hosts) * width)
+    sorted_gpus = member_gpu[by_gpu]
+    sample, job = _member_samples(
+        sample_gpu, time, stamps, by_gpu, np.searchsorted(sorted_gpus, gpu_ids, "left"),
+        np.searchsorted(sorted_gpus, gpu_ids, "right"), _span_ends(members["start"]), _span_ends(members["end"]),
+        jobs.get_indexer(members["job"]), len(jobs),
+    )
     # A job may list a GPU twice over a time: keep one sample per (job, GPU, time), taken as one integer.
     cell = sample_gpu[sample] * len(times) + time[sample]
-    distinct = all_distinct(cell, len(hosts) * width * len(times))
-    kept = np.arange(len(cell)) if distinct else np.flatnonzero(~pd.Series(cell * len(jobs) + job).duplicated())
-    kept = kept[np.argsort(job[kept], kind="stable")]
-    sample = sample[kept]
+    if not all_distinct(cell, len(hosts) * width * len(times)):
+        kept = np.flatnonzero(~pd.Series(cell * len(jobs) + job).duplicated())
+        sample, job = sample[kept], job[kept]
     return pd.DataFrame({
-        "job": job[kept], "host": host[sample], "time": time[sample],
+        "job": job, "host": host[sample], "time": time[sample],
         "busy": gpus["busy"].to_numpy(dtype=float)[sample], "kernel": gpus["kernel"].to_numpy(dtype=float)[sample],
         "power_w": gpus["power_w"].to_numpy(dtype=float)[sample], "sample": sample,
     }), times
@@ -270,10 +270,39 @@ def _span_ends(times: pd.Series) -> np.ndarray:
     return np.where(times.isna().to_numpy(), np.iinfo(np.int64).max, nanoseconds(times))
 
 
-def _ranges(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each i, ``count[i]`` entries: i itself, and first[i], first[i] + 1, ... next to it."""
-    owner = np.repeat(np.arange(len(count)), count)
-    return owner, np.repeat(first - (np.cumsum(count) - count), count) + np.arange(len(owner))
+@numba.njit(cache=True, nogil=True)
+def _member_samples(
+    sample_gpu: np.ndarray, time: np.ndarray, stamps: np.ndarray, by_gpu: np.ndarray, first: np.ndarray,
+    stop: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray, member_job: np.ndarray, n_jobs: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample (its GPU's code, -1 for none) met with every member row of its GPU whose span holds its
+    time: the samples and their jobs, by job, then in sample order and the members' order.
+
+    ``by_gpu`` lists the member rows by GPU; a GPU's rows are ``by_gpu[first[gpu]:stop[gpu]]``. One pass
+    counts each job's samples and a second places them, instead of gathering and sorting every pair.
+    """
+    counts = np.zeros(n_jobs, dtype=np.int64)
+    for sample in range(len(sample_gpu)):
+        gpu = sample_gpu[sample]
+        if gpu >= 0:
+            for at in range(first[gpu], stop[gpu]):
+                member = by_gpu[at]
+                if start_ns[member] < stamps[time[sample]] <= end_ns[member]:
+                    counts[member_job[member]] += 1
+    next_slot = np.cumsum(counts) - counts
+    samples = np.empty(counts.sum(), dtype=np.int64)
+    jobs = np.empty(counts.sum(), dtype=np.int64)
+    for sample in range(len(sample_gpu)):
+        gpu = sample_gpu[sample]
+        if gpu >= 0:
+            for at in range(first[gpu], stop[gpu]):
+                member = by_gpu[at]
+                if start_ns[member] < stamps[time[sample]] <= end_ns[member]:
+                    job = member_job[member]
+                    samples[next_slot[job]] = sample
+                    jobs[next_slot[job]] = job
+                    next_slot[job] += 1
+    return samples, jobs
 
 
 def _spans(codes: np.ndarray) -> dict[int, slice]:

@@ -813,7 +813,7 @@ def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:
     total = row_sums(frame, present)
     if scale != 1.0:
         total *= scale
-    return pd.Series(total, index=frame.index)
+    return pd.Series(total, index=frame.index, copy=False)
 
 
 def _long(frame: pd.DataFrame, columns: SignalColumns) -> pd.DataFrame:
