@@ -280,28 +280,40 @@ class GridScores:
         link = pd.Index(self.link_names).get_indexer(links)
         known_times, known_links = np.flatnonzero(time >= 0), np.flatnonzero(link >= 0)
         everywhere = len(known_times) == len(times) and len(known_links) == len(links)
+        shape = (len(times), len(links))
+        matrices = tuple(np.empty(shape) if everywhere else np.full(shape, np.nan) for _ in range(3))
+        locating = np.array([name in LOCATING_PATH_SIGNALS for name in self.names], dtype=bool)
+        _score_matrices(time[known_times], known_times, link[known_links], known_links, self.present, self.best,
+                        self.worst[LOCAL], self.top, locating, *matrices)
+        return matrices
 
-        def cells(grid: np.ndarray) -> np.ndarray:
-            """The known (time, link) cells of a grid: its links' rows, then their times."""
-            return grid[link[known_links]][:, time[known_times]].T
 
-        present = cells(self.present)
-        known = []
-        for grid in (self.best, self.worst[LOCAL]):
-            values = cells(grid)
-            values[np.isneginf(values)] = 0.0
-            known.append(np.where(present, values, np.nan))
-        # Per top signal code (the last entry: -1, no signal), whether it is a locating path signal.
-        locating = np.array([name in LOCATING_PATH_SIGNALS for name in self.names] + [False])
-        known.append(located_scores(*known, locating[cells(self.top)]))
-        if everywhere:
-            return tuple(np.ascontiguousarray(values) for values in known)
-        matrices = []
-        for values in known:
-            matrix = np.full((len(times), len(links)), np.nan)
-            matrix[np.ix_(known_times, known_links)] = values
-            matrices.append(matrix)
-        return tuple(matrices)
+@numba.njit(cache=True, nogil=True)
+def _score_matrices(
+    grid_times: np.ndarray, rows: np.ndarray, grid_links: np.ndarray, columns: np.ndarray, present: np.ndarray,
+    best: np.ndarray, local: np.ndarray, top: np.ndarray, locating: np.ndarray,
+    score: np.ndarray, local_score: np.ndarray, located: np.ndarray,
+) -> None:
+    """:meth:`GridScores.matrices` from the (link, time) grids: the cell of ``grid_links[j]`` at
+    ``grid_times[i]`` goes to row ``rows[i]``, column ``columns[j]`` of each (time, link) matrix.
+
+    A kind no signal scored in a present cell is 0, a cell without a score NaN, and the located score
+    is :func:`located_scores` (``np.fmax`` where the top signal locates), all in one pass.
+    """
+    for j in range(len(grid_links)):
+        link, column = grid_links[j], columns[j]
+        for i in range(len(grid_times)):
+            time, row = grid_times[i], rows[i]
+            if present[link, time]:
+                highest = best[link, time] if best[link, time] != -np.inf else 0.0
+                own = local[link, time] if local[link, time] != -np.inf else 0.0
+            else:
+                highest = own = np.nan
+            score[row, column] = highest
+            local_score[row, column] = own
+            code = top[link, time]
+            locates = code >= 0 and locating[code]
+            located[row, column] = highest if locates and (highest >= own or own != own) else own
 
 
 class FrameScores:

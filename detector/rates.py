@@ -101,24 +101,19 @@ def counter_rates(
     work = frame[columns]
     codes = group_codes([work[tag] for tag in series])
     times = _time_ns(work[TIME], source)
-    if not in_order(codes, times):  # store reads come sorted already
-        order = np.lexsort((times, codes))
-        codes, times = codes[order], times[order]
-        work = work.iloc[order]
+    order, same_series, row_dt = _series_steps(codes, times)
+    if order == _UNSORTED:  # store reads come sorted already
+        rows = np.lexsort((times, codes))
+        codes, times = codes[rows], times[rows]
+        work = work.iloc[rows]
+        order, same_series, row_dt = _series_steps(codes, times)
     work = work.reset_index(drop=True)
-
-    duplicate = (codes[1:] == codes[:-1]) & (times[1:] == times[:-1])
-    if duplicate.any():
+    if order == _REPEATED:
         work = work.assign(_code=codes).groupby(["_code", TIME], sort=True, dropna=False).last()
         work = work.reset_index()
         codes = work.pop("_code").to_numpy()
         times = _time_ns(work[TIME], source)
-
-    same_series = np.zeros(len(work), dtype=bool)
-    same_series[1:] = codes[1:] == codes[:-1]
-    row_dt = np.full(len(work), np.nan)
-    row_dt[1:] = (times[1:] - times[:-1]) / 1e9
-    row_dt[~same_series] = np.nan
+        order, same_series, row_dt = _series_steps(codes, times)
     if max_gap_s is None:
         typical = np.nanmedian(row_dt) if np.isfinite(row_dt).any() else np.nan
         max_gap_s = GAP_FACTOR * typical if np.isfinite(typical) else np.inf
@@ -159,6 +154,30 @@ def counter_rates(
         # A gauge some pipeline stored as text ("up") is not a number the detector can use.
         kept.take(pd.to_numeric(work[name], errors="coerce").to_numpy(dtype=float, na_value=np.nan), out=block[name])
     return block.frame({TIME: utc_times(kept.take(times)), **{tag: work[tag].array.take(kept.index) for tag in series}})
+
+
+_UNSORTED, _REPEATED = 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _series_steps(codes: np.ndarray, times: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Per row, whether it continues the row before's series and the seconds since that row (NaN where not).
+
+    Also how the rows are ordered: 0 by series, then time, each (series, time) once; ``_REPEATED``
+    where a (series, time) repeats; ``_UNSORTED`` where they are out of order (the rest is then unusable).
+    """
+    same_series = np.zeros(len(codes), dtype=np.bool_)
+    row_dt = np.full(len(codes), np.nan)
+    order = 0
+    for row in range(1, len(codes)):
+        if codes[row] < codes[row - 1] or (codes[row] == codes[row - 1] and times[row] < times[row - 1]):
+            return _UNSORTED, same_series, row_dt
+        if codes[row] == codes[row - 1]:
+            same_series[row] = True
+            row_dt[row] = (times[row] - times[row - 1]) / 1e9
+            if times[row] == times[row - 1]:
+                order = _REPEATED
+    return order, same_series, row_dt
 
 
 class _ClosingRows:
