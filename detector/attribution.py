@@ -67,12 +67,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Iterable
 
-import numba
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import HuberRegressor
 from threadpoolctl import ThreadpoolController
 
+from detector.compiled import jit
 from detector.congestion import Congestion, FrameScores, GridScores
 from detector.jobs import Allocation
 from detector.rates import (all_distinct, factorize_runs, grid_codes, grid_step_ns, nanoseconds, sorted_positions,
@@ -270,7 +270,7 @@ def _span_ends(times: pd.Series) -> np.ndarray:
     return np.where(times.isna().to_numpy(), np.iinfo(np.int64).max, nanoseconds(times))
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _member_samples(
     sample_gpu: np.ndarray, time: np.ndarray, stamps: np.ndarray, by_gpu: np.ndarray, first: np.ndarray,
     stop: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray, member_job: np.ndarray, n_jobs: int,

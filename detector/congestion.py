@@ -40,10 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numba
 import numpy as np
 import pandas as pd
 
+from detector.compiled import jit
 from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, grid_codes_apart, grid_step_ns,
                             in_order, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
                             utc_times, value_runs)
@@ -288,7 +288,7 @@ class GridScores:
         return matrices
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _score_matrices(
     grid_times: np.ndarray, rows: np.ndarray, grid_links: np.ndarray, columns: np.ndarray, present: np.ndarray,
     best: np.ndarray, local: np.ndarray, top: np.ndarray, locating: np.ndarray,
@@ -599,7 +599,7 @@ def _row_quantile(matrix: np.ndarray, quantile: float) -> np.ndarray:
     return _interpolate(ordered[:, below[0]], ordered[:, above[0]], fraction, quantile)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _row_scores(value: np.ndarray, normal: np.ndarray, floor: float, relative: float) -> np.ndarray:
     """``np.clip((value - normal) / np.maximum(floor, relative * normal), 0, None)`` with a normal per row of
     ``value``, in one pass (the numbers to the bit, without a normal per value or the temporaries)."""
@@ -649,7 +649,7 @@ class _ScoreGrid:
         return (self.top >= 0) & ~self.undefined
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _add_rows(code: int, links: np.ndarray, score: np.ndarray, worst: np.ndarray, best: np.ndarray,
               top: np.ndarray, undefined: np.ndarray) -> None:
     """:meth:`_ScoreGrid.add_rows` on the grid's (link, time) matrices, in one pass over the scores."""
@@ -1006,7 +1006,7 @@ def _sums_by_key(values: pd.DataFrame, keys: np.ndarray, min_count: int = 0) -> 
     return sums
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _compensated_sums(keys: np.ndarray, values: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per key 0 .. span - 1 and column, the sum of the rows' values as pandas' ``group_sum`` adds them
     (compensated, NaN skipped, an infinite value resetting the compensation), how many values it

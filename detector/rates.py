@@ -29,9 +29,10 @@ from __future__ import annotations
 import ctypes
 from typing import Collection, Mapping, Sequence
 
-import numba
 import numpy as np
 import pandas as pd
+
+from detector.compiled import jit
 
 COUNTER32_FIELDS = frozenset({
     "ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors",
@@ -159,7 +160,7 @@ def counter_rates(
 _UNSORTED, _REPEATED = 1, 2
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _series_steps(codes: np.ndarray, times: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """Per row, whether it continues the row before's series and the seconds since that row (NaN where not).
 
@@ -280,7 +281,7 @@ def grid_codes_apart(arrays: Sequence[np.ndarray], step_ns: int) -> tuple[list[n
     return codes, np.asarray(uniques, dtype="datetime64[ns]").view(np.int64)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _grid_slots(ns: np.ndarray, low: int, step_ns: int, slots: np.ndarray, occupied: np.ndarray) -> int:
     """Into ``slots`` each time's slot (whole steps since ``low``), marked in ``occupied``, in one pass.
 
@@ -486,7 +487,7 @@ def _increases(
     return increase, went_down
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _dense_increases_into(
     column: np.ndarray, same_series: np.ndarray, is_counter32: bool, out: np.ndarray, reset: np.ndarray,
 ) -> None:
@@ -630,7 +631,7 @@ def row_sums(frame: pd.DataFrame, names: Sequence[str], out: np.ndarray | None =
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _row_sums(columns: tuple, out: np.ndarray) -> None:
     for row in range(len(out)):
         total = 0.0

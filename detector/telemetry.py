@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-import numba
 import numpy as np
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
+from detector.compiled import jit
 from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, grid_step_ns, group_codes,
                             in_order, map_keys, nanoseconds, row_sums, utc_times)
 
@@ -220,7 +220,7 @@ def _on_grid(frame: pd.DataFrame, keys: list[str], step_s: float) -> pd.DataFram
     return merged.reset_index()
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _grid_bins(
     stamps: np.ndarray, covered: np.ndarray, step_s: float, step_ns: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,7 +248,7 @@ def _one_sample_per_cell(series: np.ndarray, bins: np.ndarray) -> bool:
     return len(pd.unique(cells)) == len(cells)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit
 def _in_series_then_bin_order(series: np.ndarray, bins: np.ndarray) -> bool:
     """Whether rows come by series code, then strictly rising bin within a series."""
     for row in range(1, len(series)):
@@ -299,17 +299,24 @@ def _fill_gaps(out: np.ndarray, candidates: Iterable[np.ndarray]) -> None:
 
     Candidates are taken one at a time, and no more once every row has a value.
     """
-    gaps = None
+    first = True
     for values in candidates:
-        if gaps is None:
-            out[:] = values
-        else:
-            np.copyto(out, values, where=gaps)
-        gaps = np.isnan(out)
-        if not gaps.any():
+        if not _fill_from(out, values, first):
             return
-    if gaps is None:
+        first = False
+    if first:
         out[:] = np.nan
+
+
+@jit
+def _fill_from(out: np.ndarray, values: np.ndarray, first: bool) -> bool:
+    """Into ``out``, ``values`` (the ``first`` candidate) or only where ``out`` is NaN; whether a NaN is left."""
+    gaps = False
+    for row in range(len(out)):
+        if first or out[row] != out[row]:
+            out[row] = values[row]
+        gaps |= out[row] != out[row]
+    return gaps
 
 
 def _as_str(tags: pd.Series) -> pd.Series:
