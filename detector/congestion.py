@@ -800,21 +800,20 @@ def _pause_links(
     pauses: pd.DataFrame, nics: pd.DataFrame, topology: Topology, unmapped: dict[str, set[str]],
 ) -> pd.DataFrame:
     if pauses.empty:
-        return pauses.assign(link=pd.Series(dtype=str), device=pd.Series(dtype=str))
+        return pauses.assign(link=pd.Series(dtype=str))
     by_netdev = _netdev_nics(topology, nics)
     links = topology.nic_links()
     # A host with one NIC whose netdev nobody named: its one RDMA netdev is the one ethtool reports.
     named_hosts = {host for host, _ in by_netdev}
     single = {host.name: next(iter(host.nics)) for host in topology.hosts.values()
               if len(host.nics) == 1 and host.name not in named_hosts}
-    def place(host: str, netdev: str) -> tuple[str | None, str | None]:
+    def place(host: str, netdev: str) -> str | None:
         device = by_netdev.get((host, netdev)) or single.get(host)
-        return device, links.get((host, device)) if device else None
+        return links.get((host, device)) if device else None
 
     keys = DistinctKeys([pauses["host"], pauses["netdev"]])
-    devices, placed = zip(*(place(host, netdev) for host, netdev in keys.keys))
-    return _placed_rows(pauses.assign(device=keys.per_row(devices), link=keys.per_row(placed)), keys, placed,
-                        "ethtool", unmapped)
+    placed = [place(host, netdev) for host, netdev in keys.keys]
+    return _placed_rows(pauses.assign(link=keys.per_row(placed)), keys, placed, "ethtool", unmapped)
 
 
 def _sum(frame: pd.DataFrame, names, scale: float = 1.0) -> pd.Series | None:

@@ -46,7 +46,6 @@ SWITCH_TAG = "agent_host"
 
 INTERFACE_COUNTERS = (
     "ifHCInOctets", "ifHCOutOctets", "ifInOctets", "ifOutOctets",
-    "ifHCInUcastPkts", "ifHCOutUcastPkts",
     "ifInDiscards", "ifOutDiscards", "ifInErrors", "ifOutErrors",
 )
 INTERFACE_GAUGES = ("ifHighSpeed", "ifOperStatus")
@@ -78,7 +77,6 @@ SWITCH_TX_WAIT = "mellanoxQoSPortTxWaitMicroseconds"
 """Microseconds a port had data to send and could not (Onyx): the switch's own port_xmit_wait."""
 PORT_COLUMN_SOURCES = {
     "in_bps": ("ifHCInOctets", "ifInOctets"), "out_bps": ("ifHCOutOctets", "ifOutOctets"),
-    "in_pps": ("ifHCInUcastPkts",), "out_pps": ("ifHCOutUcastPkts",),
     "discards_in": ("ifInDiscards",), "discards_out": ("ifOutDiscards",),
     "errors_in": ("ifInErrors",), "errors_out": ("ifOutErrors",),
     "speed_bps": ("ifHighSpeed",), "oper_status": ("ifOperStatus",), "tx_wait": (SWITCH_TX_WAIT,),
@@ -142,7 +140,7 @@ class Telemetry:
 
     step_s: float
     ports: pd.DataFrame
-    """agent_host, port, in_bps, out_bps, in_pps, out_pps, discards_in, discards_out, errors_in, errors_out,
+    """agent_host, port, in_bps, out_bps, discards_in, discards_out, errors_in, errors_out,
     speed_bps, oper_status, and from vendor tables where present: queue_drops, pauses_out (frames the
     switch sends), pauses_in (frames it receives), tx_wait (share of time)."""
     nics: pd.DataFrame
@@ -258,7 +256,7 @@ def _in_series_then_bin_order(series: np.ndarray, bins: np.ndarray) -> bool:
 
 
 def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
-    columns = ["time", "agent_host", "port", "interval_s", "in_bps", "out_bps", "in_pps", "out_pps",
+    columns = ["time", "agent_host", "port", "interval_s", "in_bps", "out_bps",
                "discards_in", "discards_out", "errors_in", "errors_out", "speed_bps", "oper_status",
                "queue_drops", "pauses_out", "pauses_in", "tx_wait"]
     if frame is None or frame.empty:
@@ -445,7 +443,10 @@ def _field(frame: pd.DataFrame, name: str) -> np.ndarray | None:
 
 
 def _last_tag(frame: pd.DataFrame, keys: list[str], tag: str) -> dict[tuple, str]:
+    """Per key, the last value of ``tag`` that is not missing."""
     if tag not in frame.columns:
         return {}
-    known = distinct_rows(frame[[*keys, tag]].dropna(subset=[tag]), keys, keep="last")
+    # Each (key, tag) pair's last row first (a few thousand runs), then the missing tags dropped.
+    known = distinct_rows(frame[[*keys, tag]], keep="last").dropna(subset=[tag])
+    known = known.drop_duplicates(keys, keep="last")
     return {tuple(str(v) for v in row[:-1]): str(row[-1]) for row in known.itertuples(index=False)}
