@@ -282,26 +282,26 @@ def _member_samples(
     counts each job's samples and a second places them, instead of gathering and sorting every pair.
     """
     counts = np.zeros(n_jobs, dtype=np.int64)
-    for sample in range(len(sample_gpu)):
-        gpu = sample_gpu[sample]
-        if gpu >= 0:
-            for at in range(first[gpu], stop[gpu]):
-                member = by_gpu[at]
-                if start_ns[member] < stamps[time[sample]] <= end_ns[member]:
-                    counts[member_job[member]] += 1
-    next_slot = np.cumsum(counts) - counts
-    samples = np.empty(counts.sum(), dtype=np.int64)
-    jobs = np.empty(counts.sum(), dtype=np.int64)
-    for sample in range(len(sample_gpu)):
-        gpu = sample_gpu[sample]
-        if gpu >= 0:
+    next_slot = counts
+    samples, jobs = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    for placing in (False, True):
+        if placing:
+            next_slot = np.cumsum(counts) - counts
+            samples, jobs = np.empty(counts.sum(), dtype=np.int64), np.empty(counts.sum(), dtype=np.int64)
+        for sample in range(len(sample_gpu)):
+            gpu = sample_gpu[sample]
+            if gpu < 0:
+                continue
             for at in range(first[gpu], stop[gpu]):
                 member = by_gpu[at]
                 if start_ns[member] < stamps[time[sample]] <= end_ns[member]:
                     job = member_job[member]
-                    samples[next_slot[job]] = sample
-                    jobs[next_slot[job]] = job
-                    next_slot[job] += 1
+                    if placing:
+                        samples[next_slot[job]] = sample
+                        jobs[next_slot[job]] = job
+                        next_slot[job] += 1
+                    else:
+                        counts[job] += 1
     return samples, jobs
 
 
