@@ -568,14 +568,16 @@ def test_switch_vendor_pause_counters(scenario):
 def test_episode_evidence_rows_by_time_are_the_rows_isin_keeps():
     """Episodes find their evidence rows by time from one sort: the rows, order and labels of ``isin``."""
     from detector.episodes import _RowsByTime
+    from detector.rates import nanoseconds
     stamps = pd.to_datetime(["2026-01-01 00:00:30", "2026-01-01 00:00:10", "2026-01-01 00:00:20",
                              "2026-01-01 00:00:10", "2026-01-01 00:00:40"], utc=True)
     frame = pd.DataFrame({"time": stamps, "link": list("abcde")}, index=[7, 3, 9, 1, 5])
     rows = _RowsByTime(frame)
     for wanted in ([stamps[1]], [stamps[4], stamps[1], stamps[1]], [pd.Timestamp("2026-01-02", tz="UTC")], []):
         wanted = pd.Series(wanted, dtype="datetime64[ns, UTC]")
-        pd.testing.assert_frame_equal(rows.at(wanted), frame[frame["time"].isin(wanted)])
-    assert _RowsByTime(pd.DataFrame()).at(pd.Series(stamps)).empty
+        pd.testing.assert_frame_equal(frame.iloc[rows.at(nanoseconds(wanted))], frame[frame["time"].isin(wanted)])
+    np.testing.assert_array_equal(rows.column("link")[rows.at(nanoseconds(stamps[:1]))], ["a"])
+    assert len(_RowsByTime(pd.DataFrame()).at(nanoseconds(stamps))) == 0
 
 
 def test_nics_and_netdevs_outside_the_topology_are_named_and_left_out(scenario):
