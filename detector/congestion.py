@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 
 from detector.compiled import jit
-from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, grid_codes_apart, grid_step_ns,
-                            in_order, key_codes, map_keys, map_series, nanoseconds, row_sums, sorted_positions,
-                            utc_times, value_runs)
+from detector.rates import (DistinctKeys, FloatBlock, all_distinct, distinct_rows, factorize_runs_apart,
+                            grid_codes_apart, grid_step_ns, in_order, key_codes, map_keys, map_series, nanoseconds,
+                            row_sums, sorted_positions, utc_times)
 from detector.telemetry import NIC_ERRORS, NIC_RECOVERY, Telemetry
 from detector.topology import Topology
 
@@ -437,22 +437,16 @@ class _EvidenceGrid:
 
     def __init__(self, frames: list[pd.DataFrame], step_ns: int) -> None:
         time_codes, self.time_values = grid_codes_apart([_time_ns(frame) for frame in frames], step_ns)
-        # A frame's links come in runs (a series' rows): only each run's link is coded.
-        runs = [value_runs(frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object))
-                for frame in frames]
-        head_codes, link_names = pd.factorize(np.concatenate([heads for _, heads in runs]))
-        by_name = np.argsort(np.asarray(link_names, dtype=object), kind="stable")
-        rank = np.empty(len(by_name), dtype=np.int64)
-        rank[by_name] = np.arange(len(by_name))
-        self.link_names = np.asarray(link_names, dtype=object)[by_name]
+        link_codes, link_names = factorize_runs_apart(
+            [frame["link"].to_numpy(dtype=object) if not frame.empty else np.empty(0, dtype=object)
+             for frame in frames], sort=True)
+        self.link_names = np.asarray(link_names, dtype=object)
         self.times = pd.DatetimeIndex(self.time_values.view("datetime64[ns]")).tz_localize("UTC").array
         self.n_links = len(self.link_names)
         n_times = len(self.time_values)
-        run_bounds = np.cumsum([0, *(len(starts) for starts, _ in runs)])
         self.cells = []
-        for (starts, _), first, last, times in zip(runs, run_bounds[:-1], run_bounds[1:], time_codes):
-            lengths = np.diff(np.append(starts, len(times)))
-            cells = np.repeat(rank[head_codes[first:last]] * n_times, lengths)
+        for links, times in zip(link_codes, time_codes):
+            cells = links * n_times
             cells += times
             self.cells.append(cells)
         self.series_links = [_series_links(cells, n_times) for cells in self.cells]
@@ -1048,15 +1042,10 @@ class _TimeHostKeys:
     def __init__(self, columns: list[tuple[pd.Series, pd.Series]], step_ns: int) -> None:
         time_codes, times = grid_codes_apart([nanoseconds(times) for times, _ in columns], step_ns)
         self.times = utc_times(times)
-        # A frame's hosts come in runs (a series' rows): only each run's host is coded.
-        runs = [value_runs(hosts) for _, hosts in columns]
-        head_codes, self.hosts = pd.factorize(pd.concat([heads for _, heads in runs], ignore_index=True), sort=True)
+        host_codes, self.hosts = factorize_runs_apart([hosts for _, hosts in columns], sort=True)
         self.n_hosts = max(len(self.hosts), 1)
-        run_bounds = np.cumsum([0, *(len(starts) for starts, _ in runs)])
-        self.keys = []
-        for (starts, _), first, last, times in zip(runs, run_bounds[:-1], run_bounds[1:], time_codes):
-            host_codes = np.repeat(head_codes[first:last], np.diff(np.append(starts, len(times))))
-            self.keys.append(np.where((times >= 0) & (host_codes >= 0), times * self.n_hosts + host_codes, -1))
+        self.keys = [np.where((times >= 0) & (hosts >= 0), times * self.n_hosts + hosts, -1)
+                     for times, hosts in zip(time_codes, host_codes)]
 
     def frame(self, keys: np.ndarray, columns: dict[str, object]) -> pd.DataFrame:
         """time, host and ``columns`` for rows with these keys."""

@@ -22,7 +22,7 @@ from detector.attribution import NETWORK, SLOW_HOST, UNKNOWN
 from detector.congestion import HOST_SIGNALS, SIGNALS, Signal
 from detector.jobs import format_time
 from detector.pricing import Prices
-from detector.rates import nanoseconds
+from detector.rates import nanoseconds, value_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +136,9 @@ def build_episodes(
     by_episode = np.flatnonzero(numbers >= 0)
     by_episode = by_episode[np.argsort(numbers[by_episode], kind="stable")]
     grouped = losses.iloc[by_episode]
-    starts = np.flatnonzero(np.diff(numbers[by_episode], prepend=-1))
-    for first, stop in zip(starts, [*starts[1:], len(by_episode)]):
+    starts, heads = value_runs(numbers[by_episode])
+    for first, stop, number in zip(starts, [*starts[1:], len(by_episode)], heads):
         rows = grouped.iloc[first:stop]
-        number = numbers[by_episode[first]]
         lost = float(rows["gpu_seconds_lost"].sum())
         if lost < settings.min_gpu_seconds:
             continue

@@ -102,19 +102,19 @@ def counter_rates(
     work = frame[columns]
     codes = group_codes([work[tag] for tag in series])
     times = _time_ns(work[TIME], source)
-    order, same_series, row_dt = _series_steps(codes, times)
-    if order == _UNSORTED:  # store reads come sorted already
+    order = series_order(codes, times)
+    if order == UNSORTED:  # store reads come sorted already
         rows = np.lexsort((times, codes))
         codes, times = codes[rows], times[rows]
         work = work.iloc[rows]
-        order, same_series, row_dt = _series_steps(codes, times)
+        order = series_order(codes, times)
     work = work.reset_index(drop=True)
-    if order == _REPEATED:
+    if order == REPEATED:
         work = work.assign(_code=codes).groupby(["_code", TIME], sort=True, dropna=False).last()
         work = work.reset_index()
         codes = work.pop("_code").to_numpy()
         times = _time_ns(work[TIME], source)
-        order, same_series, row_dt = _series_steps(codes, times)
+    same_series, row_dt = _series_steps(codes, times)
     if max_gap_s is None:
         typical = np.nanmedian(row_dt) if np.isfinite(row_dt).any() else np.nan
         max_gap_s = GAP_FACTOR * typical if np.isfinite(typical) else np.inf
@@ -157,28 +157,35 @@ def counter_rates(
     return block.frame({TIME: utc_times(kept.take(times)), **{tag: work[tag].array.take(kept.index) for tag in series}})
 
 
-_UNSORTED, _REPEATED = 1, 2
+IN_ORDER, REPEATED, UNSORTED = 0, 1, 2
+"""How :func:`series_order` finds rows: by series, then time, each (series, time) once; so, but with a
+(series, time) repeated; out of that order."""
 
 
 @jit
-def _series_steps(codes: np.ndarray, times: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Per row, whether it continues the row before's series and the seconds since that row (NaN where not).
-
-    Also how the rows are ordered: 0 by series, then time, each (series, time) once; ``_REPEATED``
-    where a (series, time) repeats; ``_UNSORTED`` where they are out of order (the rest is then unusable).
-    """
-    same_series = np.zeros(len(codes), dtype=np.bool_)
-    row_dt = np.full(len(codes), np.nan)
-    order = 0
+def series_order(codes: np.ndarray, times: np.ndarray) -> int:
+    """How rows of series ``codes`` at ``times`` are ordered (:data:`IN_ORDER`, :data:`REPEATED` or
+    :data:`UNSORTED`), in one pass."""
+    order = IN_ORDER
     for row in range(1, len(codes)):
         if codes[row] < codes[row - 1] or (codes[row] == codes[row - 1] and times[row] < times[row - 1]):
-            return _UNSORTED, same_series, row_dt
+            return UNSORTED
+        if codes[row] == codes[row - 1] and times[row] == times[row - 1]:
+            order = REPEATED
+    return order
+
+
+@jit
+def _series_steps(codes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of rows in series order, whether it continues the row before's series and the seconds since
+    that row (NaN where not)."""
+    same_series = np.zeros(len(codes), dtype=np.bool_)
+    row_dt = np.full(len(codes), np.nan)
+    for row in range(1, len(codes)):
         if codes[row] == codes[row - 1]:
             same_series[row] = True
             row_dt[row] = (times[row] - times[row - 1]) / 1e9
-            if times[row] == times[row - 1]:
-                order = _REPEATED
-    return order, same_series, row_dt
+    return same_series, row_dt
 
 
 class _ClosingRows:
@@ -346,9 +353,23 @@ def factorize_runs(
     hash a few thousand strings instead of a million. Codes and uniques are ``pd.factorize``'s
     (first appearance order, or sorted; NaN a value of its own without ``use_na_sentinel``).
     """
-    starts, heads = value_runs(values)
-    codes, uniques = pd.factorize(heads, sort=sort, use_na_sentinel=use_na_sentinel)
-    return np.repeat(codes, np.diff(np.append(starts, len(values)))), uniques
+    codes, uniques = factorize_runs_apart([values], sort, use_na_sentinel)
+    return codes[0], uniques
+
+
+def factorize_runs_apart(
+    columns: Sequence[pd.Series | np.ndarray], sort: bool = False, use_na_sentinel: bool = True,
+) -> tuple[list[np.ndarray], pd.Index | np.ndarray]:
+    """:func:`factorize_runs` of the columns' values together, as of their concatenation, each column's
+    codes apart (no concatenation of millions of rows)."""
+    runs = [value_runs(values) for values in columns]
+    heads = [heads for _, heads in runs]
+    all_heads = pd.concat(heads, ignore_index=True) if isinstance(heads[0], pd.Series) else np.concatenate(heads)
+    head_codes, uniques = pd.factorize(all_heads, sort=sort, use_na_sentinel=use_na_sentinel)
+    bounds = np.cumsum([0, *(len(starts) for starts, _ in runs)])
+    codes = [np.repeat(head_codes[first:last], np.diff(np.append(starts, len(values))))
+             for (starts, _), first, last, values in zip(runs, bounds[:-1], bounds[1:], columns)]
+    return codes, uniques
 
 
 def value_runs(values: pd.Series | np.ndarray) -> tuple[np.ndarray, pd.Series | np.ndarray]:

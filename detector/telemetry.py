@@ -32,8 +32,9 @@ import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
 from detector.compiled import jit
-from detector.rates import (TIME, FloatBlock, counter_rates, distinct_rows, factorize_runs, grid_step_ns, group_codes,
-                            in_order, map_keys, nanoseconds, row_sums, utc_times)
+from detector.rates import (IN_ORDER, TIME, UNSORTED, FloatBlock, counter_rates, distinct_rows, factorize_runs,
+                            grid_step_ns, group_codes, in_order, map_keys, nanoseconds, row_sums, series_order,
+                            utc_times)
 
 
 class TelemetryError(ValueError):
@@ -240,19 +241,11 @@ def _grid_bins(
 
 def _one_sample_per_cell(series: np.ndarray, bins: np.ndarray) -> bool:
     """Whether no two samples of one series (``series``: its code per row) land in one grid interval."""
-    if _in_series_then_bin_order(series, bins):  # rows come by series, then time: no cell can repeat
-        return True
+    order = series_order(series, bins)
+    if order != UNSORTED:  # rows come by series, then time: only neighbours can share a cell
+        return order == IN_ORDER
     cells = series * (int(bins.max() - bins.min()) + 1) + (bins - bins.min())
     return len(pd.unique(cells)) == len(cells)
-
-
-@jit
-def _in_series_then_bin_order(series: np.ndarray, bins: np.ndarray) -> bool:
-    """Whether rows come by series code, then strictly rising bin within a series."""
-    for row in range(1, len(series)):
-        if series[row] < series[row - 1] or (series[row] == series[row - 1] and bins[row] <= bins[row - 1]):
-            return False
-    return True
 
 
 def _port_rates(frame: pd.DataFrame | None) -> pd.DataFrame:
