@@ -13,7 +13,7 @@ seeded ``Simulation`` forward as windows ask for later data
 arrays) and keeps the frames of the last window and its context. Its ``read``
 hands out the rows of ``[start, end]`` as one frame per measurement, sorted
 by series then time like a store read, with only the fields asked for (it lists
-them by ``field_names`` as ``EmbeddedStore`` does, so ``StoreFrames`` asks for
+them by ``field_names`` as ``EmbeddedStore`` does, so ``read_frames`` asks for
 the detector's fields only): that copy is the *peer*, the time
 pandas needs just to read and copy the same frames the detector gets. Four
 clocks are reported:

@@ -94,45 +94,46 @@ class Decided:
         )
 
 
-class StoreFrames(Mapping[str, pd.DataFrame]):
-    """The detector's measurements in ``[start, end]`` (both ends included), each read from the store when asked for.
+def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """The detector's measurements in ``[start, end]`` (both ends included), those with rows, all read at once.
 
-    Nothing is kept: :func:`load_telemetry` asks for one measurement at a time and
-    drops its raw frame once that measurement's rates are computed, so a window
-    holds one measurement's rows at a time instead of all four. A measurement
-    with no rows in the range is missing (``get`` gives None). A store that lists
-    its field names (``field_names()``, as ``EmbeddedStore`` does) is asked only
-    for the fields the detector uses (``telemetry.used_fields``); any other store
-    for every field.
+    A store that lists its field names (``field_names()``, as ``EmbeddedStore`` does) is
+    asked only for the fields the detector uses (``telemetry.used_fields``); any other
+    store for every field.
+    """
+    listing = getattr(store, "field_names", None)
+    names = listing() if callable(listing) else None
+    frames = {}
+    for measurement in MEASUREMENTS:
+        fields = used_fields(measurement, names) if names is not None else None
+        with large_blocks_mapped():  # what a store keeps from a read must not pin the heap (detector.heap)
+            frame = store.read(measurement, start, end + pd.Timedelta(1, "ns"), fields=fields or None)
+        if not frame.empty:
+            frames[measurement] = frame
+    return frames
+
+
+class _HandedOutOnce(Mapping[str, pd.DataFrame]):
+    """Frames read together, each dropped here once handed out, so its memory goes when its rates are made.
+
+    ``load_telemetry`` works on two measurements at once. Reading every measurement before
+    it starts keeps the store's reads off that second core: in the scale benchmark they
+    are the peer, and must not overlap the detector's computing.
     """
 
-    def __init__(self, store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> None:
-        self.store, self.start, self.end = store, start, end
-        listing = getattr(store, "field_names", None)
-        self._names = listing() if callable(listing) else None
+    def __init__(self, frames: dict[str, pd.DataFrame]) -> None:
+        self._frames = frames
+        self._names = list(frames)
 
     def __getitem__(self, measurement: str) -> pd.DataFrame:
-        if measurement not in MEASUREMENTS:
-            raise KeyError(measurement)
-        fields = used_fields(measurement, self._names) if self._names is not None else None
-        with large_blocks_mapped():  # what a store keeps from a read must not pin the heap (detector.heap)
-            frame = self.store.read(measurement, self.start, self.end + pd.Timedelta(1, "ns"), fields=fields or None)
-        if frame.empty:
-            raise KeyError(measurement)
-        return frame
+        return self._frames.pop(measurement)
 
     def __iter__(self) -> Iterator[str]:
-        """The measurements the store has at all (reading each to see if it has rows here would cost a read)."""
-        return iter([m for m in MEASUREMENTS if self.store.time_range(m) is not None])
+        """Every measurement read, handed out or not (for messages)."""
+        return iter(self._names)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def read_frames(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, pd.DataFrame]:
-    """The detector's measurements in ``[start, end]`` (both ends included), those with rows, all read at once."""
-    lazy = StoreFrames(store, start, end)
-    return {measurement: frame for measurement in MEASUREMENTS if (frame := lazy.get(measurement)) is not None}
+        return len(self._names)
 
 
 def decide_window(
@@ -261,7 +262,7 @@ def _window_telemetry(store: TelemetryReader, start: pd.Timestamp, end: pd.Times
                       step_s: float | None) -> Telemetry | None:
     """The rates of ``[start, end]`` on the grid; None where the window has no data or no series two samples."""
     try:
-        telemetry = load_telemetry(StoreFrames(store, start, end), step_s)
+        telemetry = load_telemetry(_HandedOutOnce(read_frames(store, start, end)), step_s)
     except TelemetryError as error:
         if "no series has two samples" not in str(error):
             raise

@@ -135,11 +135,11 @@ def build_episodes(
     numbers = ids.to_numpy()
     by_episode = np.flatnonzero(numbers >= 0)
     by_episode = by_episode[np.argsort(numbers[by_episode], kind="stable")]
-    grouped = losses.iloc[by_episode]
+    grouped = _Arrays(losses.iloc[by_episode])
     starts, heads = value_runs(numbers[by_episode])
     for first, stop, number in zip(starts, [*starts[1:], len(by_episode)], heads):
-        rows = grouped.iloc[first:stop]
-        lost = float(rows["gpu_seconds_lost"].sum())
+        rows = _EpisodeRows(grouped, first, stop)
+        lost = _sum(rows["gpu_seconds_lost"])
         if lost < settings.min_gpu_seconds:
             continue
         episodes.append((int(number), _episode(rows, lost, evidence_at, host_pause_at, step, prices, settings,
@@ -147,6 +147,44 @@ def build_episodes(
     episodes.sort(key=lambda item: (-item[1].dollars_lost, item[1].start, item[1].job))
     position = {number: index for index, (number, _) in enumerate(episodes)}
     return [episode for _, episode in episodes], ids.map(lambda number: position.get(number, -1))
+
+
+class _Arrays:
+    """A frame's columns as arrays, each made once when first asked for (``time`` as nanoseconds).
+
+    A week has thousands of episodes, each reading a few of its rows: pandas' per-call
+    overhead on each would cost more than the numbers themselves.
+    """
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._columns: dict[str, np.ndarray] = {}
+        self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            self._columns[name] = nanoseconds(self.frame[name]) if name == "time" else self.frame[name].to_numpy()
+        return self._columns[name]
+
+    def codes(self, name: str) -> tuple[np.ndarray, pd.Index]:
+        """A column's values as codes in name order (-1 for NaN), and the names, made once."""
+        if name not in self._codes:
+            codes, names = pd.factorize(self[name], sort=True)
+            self._codes[name] = codes, pd.Index(names)
+        return self._codes[name]
+
+
+class _EpisodeRows:
+    """One episode's loss rows: each column's slice of the rows sorted by episode."""
+
+    def __init__(self, columns: _Arrays, first: int, stop: int) -> None:
+        self.columns, self.first, self.stop = columns, first, stop
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name][self.first:self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.first
 
 
 class _RowsByTime:
@@ -158,10 +196,10 @@ class _RowsByTime:
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self.frame = frame
-        stamps = nanoseconds(frame["time"]) if "time" in frame.columns else np.empty(0, dtype=np.int64)
+        self.columns = _Arrays(frame)
+        stamps = self.columns["time"] if "time" in frame.columns else np.empty(0, dtype=np.int64)
         self.order = np.argsort(stamps, kind="stable")
         self.sorted = stamps[self.order]
-        self._columns: dict[str, np.ndarray] = {}
 
     def at(self, stamps: np.ndarray) -> np.ndarray:
         """The positions of the rows at these times (nanoseconds), in the frame's order."""
@@ -171,47 +209,60 @@ class _RowsByTime:
 
     def column(self, name: str) -> np.ndarray:
         """A column's values as an array, made once (an episode takes a few of its rows)."""
-        if name not in self._columns:
-            self._columns[name] = self.frame[name].to_numpy()
-        return self._columns[name]
+        return self.columns[name]
 
 
 def _episode(
-    rows: pd.DataFrame, lost: float, evidence: _RowsByTime, host_pause: _RowsByTime, step: pd.Timedelta,
+    rows: _EpisodeRows, lost: float, evidence: _RowsByTime, host_pause: _RowsByTime, step: pd.Timedelta,
     prices: Prices, settings: EpisodeSettings, signals: Mapping[str, Signal],
 ) -> Episode:
-    job, cause, model = (str(rows[column].to_numpy()[0]) for column in ("job", "cause", "model"))
-    dollars = prices.dollars(lost, model, float(rows["energy_joules"].sum()))
-    weights = rows["gpu_seconds_lost"].to_numpy(dtype=float)
+    job, cause, model = (str(rows[column][0]) for column in ("job", "cause", "model"))
+    dollars = prices.dollars(lost, model, _sum(rows["energy_joules"]))
+    weights = rows["gpu_seconds_lost"].astype(float)
     links: tuple[str, ...] = ()
     items: tuple[Evidence, ...] = ()
     hosts: tuple[str, ...] = ()
     notes: dict[str, Any] = {}
-    stamps = nanoseconds(rows["time"])
+    stamps = rows["time"]
     if cause == NETWORK:
         links = _ranked_links(rows)
         items = _link_evidence(evidence, stamps, links, settings.evidence_signals, signals)
     if cause == SLOW_HOST:
-        hosts = tuple(sorted(rows["suspect_host"].dropna().astype(str).unique()))
+        hosts = tuple(sorted({str(host) for host in rows["suspect_host"] if not pd.isna(host)}))
         items = _host_evidence(host_pause, stamps, hosts, settings.evidence_signals)
     tx, rx = _mean(rows["tx_bytes"]), _mean(rows["rx_bytes"])
     if not (math.isnan(tx) or math.isnan(rx)):
         notes["traffic_gbps"] = {"tx": round(tx * 8 / 1e9, 2), "rx": round(rx * 8 / 1e9, 2)}
+    busy = rows["busy"].astype(float)
     return Episode(
         job=job, cause=cause,
         start=(_utc(stamps.min()) - step).to_pydatetime(), end=_utc(stamps.max()).to_pydatetime(),
         links=links, gpu_seconds_lost=lost, dollars_lost=dollars,
         confidence=_confidence(rows, cause, items),
-        intervals=len(rows), gpus=int(rows["n_gpus"].max()),
-        busy=float(np.average(rows["busy"].fillna(0), weights=weights) if weights.sum() > 0 else rows["busy"].mean()),
-        baseline=float(rows["baseline"].iloc[0]), evidence=items, hosts=hosts, notes=notes,
+        intervals=len(rows), gpus=int(np.nanmax(rows["n_gpus"])),
+        busy=float(np.average(np.where(np.isnan(busy), 0.0, busy), weights=weights) if weights.sum() > 0
+                   else _mean(busy)),
+        baseline=float(rows["baseline"][0]), evidence=items, hosts=hosts, notes=notes,
     )
 
 
-def _mean(column: pd.Series) -> float:
-    """``column.mean()`` as pandas computes it (NaN skipped: the sum with NaN as 0, over the count), without
-    pandas' per-call overhead, which a week's thousands of episodes pay many times."""
-    values = column.to_numpy(dtype=float)
+def _sum(values: np.ndarray) -> float:
+    """``Series.sum()`` as pandas computes it (NaN as 0), without pandas' per-call overhead."""
+    values = values.astype(float, copy=False)
+    return float(np.where(np.isnan(values), 0.0, values).sum())
+
+
+def _median(values: np.ndarray) -> float:
+    """``Series.median()`` as pandas computes it: the median of the values that are not NaN (NaN if none)."""
+    values = values.astype(float, copy=False)
+    present = values[~np.isnan(values)]
+    return float(np.median(present)) if len(present) else math.nan
+
+
+def _mean(values: np.ndarray) -> float:
+    """``Series.mean()`` as pandas computes it (NaN skipped: the sum with NaN as 0, over the count), without
+    pandas' per-call overhead."""
+    values = values.astype(float, copy=False)
     missing = np.isnan(values)
     count = len(values) - int(missing.sum())
     return float(np.where(missing, 0.0, values).sum() / count) if count else math.nan
@@ -221,7 +272,7 @@ def _utc(ns: int) -> pd.Timestamp:
     return pd.Timestamp(int(ns), unit="ns", tz="UTC")
 
 
-def _ranked_links(rows: pd.DataFrame) -> tuple[str, ...]:
+def _ranked_links(rows: _EpisodeRows) -> tuple[str, ...]:
     """Links blamed in the episode's intervals, ranked by how often and how early they came first."""
     points: dict[str, float] = {}
     for links, lost in zip(rows["links"], rows["gpu_seconds_lost"]):
@@ -236,29 +287,40 @@ def _link_evidence(
     if not links or evidence.frame.empty:
         return ()
     near = evidence.at(stamps)
-    on_links = pd.Index(links).get_indexer(evidence.column("link")[near]) >= 0
+    link_codes, link_names = evidence.columns.codes("link")
+    blamed = link_names.get_indexer(list(links))
+    on_links = np.isin(link_codes[near], blamed[blamed >= 0])
     near_score = evidence.column("score")[near]
     seen = near[on_links & (near_score >= 1.0)]
     if not len(seen):
         seen = near[on_links & (near_score > 0)]
     items = []
     names, value, normal, score = (evidence.column(column)[seen] for column in ("signal", "value", "normal", "score"))
-    link_names = evidence.column("link")[seen]
+    seen_links = link_codes[seen]
     for signal in sorted(set(names)):
         rows = np.flatnonzero(names == signal)
         peak = rows[np.nanargmax(value[rows])]
         # Per link its highest score, links in name order, then the highest first (as a groupby's max sorted).
-        links_here, link = np.unique(link_names[rows], return_inverse=True)
+        links_here, link = np.unique(seen_links[rows], return_inverse=True)
         highest = np.full(len(links_here), -np.inf)
         np.maximum.at(highest, link, score[rows])
-        ranked = pd.Series(highest, index=links_here).sort_values(ascending=False)
+        ranked = links_here[_descending(highest)[:8]]
         kind = signals.get(str(signal))
         items.append(Evidence(str(signal), kind.counters if kind else str(signal), kind.unit if kind else "",
                               float(value[peak]), float(normal[peak]), float(np.max(score[rows])),
-                              tuple(ranked.index[:8])))
+                              tuple(link_names[ranked])))
     # What the first blamed link itself shows explains the blame best: it goes first.
     items.sort(key=lambda item: (links[0] not in item.links, -item.score))
     return tuple(items[:limit])
+
+
+def _descending(values: np.ndarray) -> np.ndarray:
+    """The order ``pd.Series(values).sort_values(ascending=False)`` gives (pandas' ``nargsort``: ties as it
+    leaves them, NaN last), without building a Series."""
+    missing = np.isnan(values)
+    positions = np.arange(len(values))
+    present = positions[~missing][::-1]
+    return np.concatenate([present[values[present].argsort(kind="quicksort")][::-1], positions[missing]])
 
 
 def _host_evidence(
@@ -278,20 +340,20 @@ def _host_evidence(
     return tuple(items[:limit])
 
 
-def _confidence(rows: pd.DataFrame, cause: str, evidence: tuple[Evidence, ...]) -> float:
+def _confidence(rows: _EpisodeRows, cause: str, evidence: tuple[Evidence, ...]) -> float:
     """0..1: how strongly the data back the cause (a heuristic, for sorting and alerting).
 
     Longer episodes, deeper loss and, for the network, a path score far above 1
     seen by several independent signals, or for a slow host strong pauses, count.
     """
     length = min(1.0, len(rows) / 4)
-    depth = min(1.0, float(rows["fraction"].mean()) / 0.2)
+    depth = min(1.0, _mean(rows["fraction"]) / 0.2)
     if cause == NETWORK:
-        strength = min(1.0, float(rows["path_score"].median()) / 3)
+        strength = min(1.0, _median(rows["path_score"]) / 3)
         corroboration = min(1.0, len(evidence) / 3)
         return float(np.clip(0.3 * strength + 0.3 * corroboration + 0.2 * length + 0.2 * depth, 0, 1))
     if cause == SLOW_HOST:
-        strength = min(1.0, float(rows["pause_score"].median()) / 3)
+        strength = min(1.0, _median(rows["pause_score"]) / 3)
         return float(np.clip(0.4 + 0.3 * strength + 0.15 * length + 0.15 * depth, 0, 1))
     if cause == UNKNOWN:
         return float(np.clip(0.2 + 0.15 * length + 0.15 * depth, 0, 1))

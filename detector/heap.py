@@ -11,6 +11,9 @@ _MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
 _MALLOPT = getattr(_LIBC, "mallopt", None)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+_NO_TRIM = -1
+"""As M_TRIM_THRESHOLD: never give the heap's top back (mallopt(3))."""
 _LARGEST_HEAP_BLOCK = 2**31 - 1
 """mallopt takes an int: blocks up to 2 GiB come from the heap."""
 _SETTLED_THRESHOLD = 32 * 2**20
@@ -61,9 +64,15 @@ def freed_pages_kept() -> Iterator[None]:
     anew, about 1 s per GiB on the 2-core machines measured (docs/detector.md, "Scale").
     The process keeps the largest window's memory from the first window to the last,
     which it needs at the peak anyway. Process-wide, like :func:`large_blocks_from_heap`.
+
+    Threads started from here on allocate from the same heap (glibc's arena limit is
+    set to one, and stays so for the process). A thread's own arena holds no block over
+    64 MiB, maps those anew, and gives its memory back as it frees it: the detector's
+    worker threads faulted in 0.4-0.7 s of pages again every window.
     """
     if _MALLOPT is not None:
-        _MALLOPT(_M_TRIM_THRESHOLD, _LARGEST_HEAP_BLOCK)
+        _MALLOPT(_M_ARENA_MAX, 1)
+        _MALLOPT(_M_TRIM_THRESHOLD, _NO_TRIM)
     try:
         yield
     finally:

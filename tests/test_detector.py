@@ -580,6 +580,18 @@ def test_episode_evidence_rows_by_time_are_the_rows_isin_keeps():
     assert len(_RowsByTime(pd.DataFrame()).at(nanoseconds(stamps))) == 0
 
 
+def test_episode_helpers_are_the_pandas_steps_they_replace():
+    """An episode's sums, means, medians and evidence ranking on arrays: pandas' numbers and order, to the bit."""
+    from detector.episodes import _descending, _mean, _median, _sum
+    rng = np.random.default_rng(7)
+    for values in (rng.random(9), np.array([2.0, np.nan, 2.0, -np.inf, 5.0, 2.0, np.nan]), np.array([np.nan]),
+                   np.array([]), np.array([1.0, 1.0, 1.0]), rng.random(40).round(1)):
+        series = pd.Series(values, dtype=float)
+        np.testing.assert_array_equal(_descending(values), series.sort_values(ascending=False).index.to_numpy())
+        for mine, theirs in ((_sum, series.sum), (_mean, series.mean), (_median, series.median)):
+            np.testing.assert_equal(mine(values), theirs())
+
+
 def test_nics_and_netdevs_outside_the_topology_are_named_and_left_out(scenario):
     """A host the topology lacks: its NIC and netdev rows are dropped and named once each, the rest scored as before."""
     _, topology, _, telemetry, congestion = scenario
