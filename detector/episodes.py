@@ -207,10 +207,6 @@ class _RowsByTime:
         first, last = np.searchsorted(self.sorted, wanted, "left"), np.searchsorted(self.sorted, wanted, "right")
         return np.sort(np.concatenate([self.order[a:b] for a, b in zip(first, last)] or [np.empty(0, dtype=np.intp)]))
 
-    def column(self, name: str) -> np.ndarray:
-        """A column's values as an array, made once (an episode takes a few of its rows)."""
-        return self.columns[name]
-
 
 def _episode(
     rows: _EpisodeRows, lost: float, evidence: _RowsByTime, host_pause: _RowsByTime, step: pd.Timedelta,
@@ -290,12 +286,12 @@ def _link_evidence(
     link_codes, link_names = evidence.columns.codes("link")
     blamed = link_names.get_indexer(list(links))
     on_links = np.isin(link_codes[near], blamed[blamed >= 0])
-    near_score = evidence.column("score")[near]
+    near_score = evidence.columns["score"][near]
     seen = near[on_links & (near_score >= 1.0)]
     if not len(seen):
         seen = near[on_links & (near_score > 0)]
     items = []
-    names, value, normal, score = (evidence.column(column)[seen] for column in ("signal", "value", "normal", "score"))
+    names, value, normal, score = (evidence.columns[column][seen] for column in ("signal", "value", "normal", "score"))
     seen_links = link_codes[seen]
     for signal in sorted(set(names)):
         rows = np.flatnonzero(names == signal)

@@ -161,8 +161,9 @@ def load_telemetry(frames: Mapping[str, pd.DataFrame], step_s: float | None = No
 
     The switch ports' rates, the largest measurement's, are made on a second core beside the
     other three measurements': most of both is compiled kernels and numpy, which release the GIL
-    (an 8 h window of 1,024 GPUs: 1.6 s down to 1.2). Each raw frame is dropped once its
-    rates are made.
+    (an 8 h window of 1,024 GPUs: 1.6 s down to 1.2). Each measurement is asked for once, so a
+    mapping that lets go of a frame it hands out (as ``detector.batch`` does) frees its raw rows
+    once their rates are made.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="port-rates") as pool:
         ports_made = pool.submit(_port_rates, frames.get(INTERFACE))

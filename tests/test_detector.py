@@ -576,7 +576,7 @@ def test_episode_evidence_rows_by_time_are_the_rows_isin_keeps():
     for wanted in ([stamps[1]], [stamps[4], stamps[1], stamps[1]], [pd.Timestamp("2026-01-02", tz="UTC")], []):
         wanted = pd.Series(wanted, dtype="datetime64[ns, UTC]")
         pd.testing.assert_frame_equal(frame.iloc[rows.at(nanoseconds(wanted))], frame[frame["time"].isin(wanted)])
-    np.testing.assert_array_equal(rows.column("link")[rows.at(nanoseconds(stamps[:1]))], ["a"])
+    np.testing.assert_array_equal(rows.columns["link"][rows.at(nanoseconds(stamps[:1]))], ["a"])
     assert len(_RowsByTime(pd.DataFrame()).at(nanoseconds(stamps))) == 0
 
 
