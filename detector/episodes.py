@@ -258,10 +258,8 @@ def _median(values: np.ndarray) -> float:
 def _mean(values: np.ndarray) -> float:
     """``Series.mean()`` as pandas computes it (NaN skipped: the sum with NaN as 0, over the count), without
     pandas' per-call overhead."""
-    values = values.astype(float, copy=False)
-    missing = np.isnan(values)
-    count = len(values) - int(missing.sum())
-    return float(np.where(missing, 0.0, values).sum() / count) if count else math.nan
+    count = len(values) - int(np.isnan(values.astype(float, copy=False)).sum())
+    return _sum(values) / count if count else math.nan
 
 
 def _utc(ns: int) -> pd.Timestamp:
