@@ -168,41 +168,120 @@ def job_members(allocations: Iterable[Allocation]) -> pd.DataFrame:
     return frame
 
 
-def attribute(
-    telemetry: Telemetry, congestion: Congestion, topology: Topology, allocations: Iterable[Allocation],
-    settings: AttributionSettings = AttributionSettings(),
-) -> Attribution:
-    """Loss, its split into network and other causes, and the evidence, per job and interval.
+@dataclass(frozen=True, slots=True)
+class _JobGpus:
+    """What one job's GPUs did per interval: all its attribution needs of them, known before any link is scored."""
 
-    What the jobs share is laid out once on integer codes (a job, host, link or time is its position
-    among the sorted names): the samples joined to the jobs, the link scores as a (time, link) matrix,
-    the pauses as a (time, host) matrix, the traffic rows by host and the allocated GPUs per job and
-    time. Each job then cuts small arrays from those: scanning whole frames once per job made the cost
-    grow with the data times the number of jobs.
+    times: np.ndarray
+    """The intervals with samples of the job's GPUs (time codes, sorted)."""
+    kernel: np.ndarray
+    """Mean utilization per interval."""
+    host_busy: np.ndarray
+    """(interval, reporting host): each host's mean busy signal (see :func:`_host_busy`) ..."""
+    reporting: np.ndarray
+    """... and those hosts (codes, sorted)."""
+    busy: np.ndarray
+    """The job's busy signal per interval: the median of its hosts'."""
+    power_w: np.ndarray
+    hosts: np.ndarray
+    """The job's hosts in the jobs file (codes, sorted)."""
+    path: frozenset[str]
+    """The links its GPUs' traffic crosses."""
+    gpu_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobActivity:
+    """The jobs' GPUs on integer codes (a job, host or time is its position among the sorted names), per job
+    what its GPUs did (:class:`_JobGpus`).
+
+    It needs the GPU samples, jobs and topology only, so it can be made while the links are scored.
     """
+
+    step_s: float
+    """The grid's interval."""
+    jobs: pd.Index
+    hosts: pd.Index
+    times: pd.DatetimeIndex
+    """The time codes' times."""
+    allocated: np.ndarray
+    """(job, time code): allocated GPUs."""
+    of_job: dict[int, _JobGpus]
+    """Per job code with samples, by job name."""
+
+
+def job_activity(telemetry: Telemetry, topology: Topology, allocations: Iterable[Allocation]) -> JobActivity:
+    """What each job's GPUs did per interval (see :class:`JobActivity`)."""
     members = job_members(allocations)
     jobs = pd.Index(sorted(set(members["job"])))
     hosts = pd.Index(sorted(set(members["host"])))
     samples, times = _job_samples(telemetry.gpus, members, jobs, hosts, grid_step_ns(telemetry.step_s))
     if samples.empty:
-        return Attribution(pd.DataFrame(columns=INTERVAL_COLUMNS), {})
+        return JobActivity(telemetry.step_s, jobs, hosts, times, np.zeros((len(jobs), 0), dtype=int), {})
     member_job, member_host = jobs.get_indexer(members["job"]), hosts.get_indexer(members["host"])
-    spans = _spans(samples["job"].to_numpy())
-    paths = {job: topology.path_links(zip(members["host"][member_job == job], members["gpu"][member_job == job]))
-             for job in spans}
-    links = pd.Index(sorted(set().union(*paths.values())))
+    of_job = {}
+    for job, span in _spans(samples["job"].to_numpy()).items():
+        mine = member_job == job
+        path = frozenset(topology.path_links(zip(members["host"][mine], members["gpu"][mine])))
+        of_job[job] = _job_gpus(samples.iloc[span], np.unique(member_host[mine]), path, hosts, topology,
+                                telemetry.gpus["model"])
+    return JobActivity(telemetry.step_s, jobs, hosts, times,
+                       _allocated(members, member_job, len(jobs), nanoseconds(times)), of_job)
+
+
+def _job_gpus(samples: pd.DataFrame, hosts: np.ndarray, path: frozenset[str], host_names: pd.Index,
+              topology: Topology, reported_models: pd.Series) -> _JobGpus:
+    """One job's :class:`_JobGpus` from its samples (see :func:`_job_samples`)."""
+    # Per job and by pandas, as always: pandas adds a group's values with compensation, or plainly where the
+    # keys come sorted and without NaN, so grouping one job's rows as before keeps every figure to the bit.
+    grouped = samples.groupby("time", sort=True)
+    kernel = grouped["kernel"].mean()
+    times = kernel.index.to_numpy()
+    host_busy, reporting = _host_busy(samples, times, len(host_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an interval without a busy value: NaN
+        # The job moves at the pace of the hosts that wait: a straggler's extra busy time is not progress.
+        busy = np.nanmedian(host_busy, axis=1)
+    return _JobGpus(times, kernel.to_numpy(), host_busy, reporting, busy,
+                    grouped["power_w"].sum(min_count=1).to_numpy(), hosts, path,
+                    _gpu_model(topology, list(host_names[hosts]), samples, reported_models))
+
+
+def attribute(
+    telemetry: Telemetry, congestion: Congestion, topology: Topology, allocations: Iterable[Allocation],
+    settings: AttributionSettings = AttributionSettings(),
+) -> Attribution:
+    """Loss, its split into network and other causes, and the evidence, per job and interval
+    (:func:`attribute_jobs` of the :func:`job_activity`)."""
+    return attribute_jobs(job_activity(telemetry, topology, allocations), congestion, topology, settings)
+
+
+def attribute_jobs(
+    activity: JobActivity, congestion: Congestion, topology: Topology,
+    settings: AttributionSettings = AttributionSettings(),
+) -> Attribution:
+    """Loss, its split into network and other causes, and the evidence, per job and interval.
+
+    What the jobs share is laid out once on integer codes: the samples joined to the jobs
+    (``activity``), the link scores as a (time, link) matrix, the pauses as a (time, host)
+    matrix, the traffic rows by host and the allocated GPUs per job and time. Each job then
+    cuts small arrays from those: scanning whole frames once per job made the cost grow with
+    the data times the number of jobs.
+    """
+    if not activity.of_job:
+        return Attribution(pd.DataFrame(columns=INTERVAL_COLUMNS), {})
+    jobs, hosts, times = activity.jobs, activity.hosts, activity.times
+    links = pd.Index(sorted(set().union(*(gpus.path for gpus in activity.of_job.values()))))
     stamps = nanoseconds(times)
     shared = _Shared(
-        stamps, jobs, hosts, _allocated(members, member_job, len(jobs), stamps),
+        stamps, jobs, hosts, activity.allocated,
         _LinkScores.of(congestion.link_scores, stamps, links, hosts, topology),
         _Pauses.of(congestion.host_pause, times, hosts), _Traffic.of(congestion.host_traffic, hosts),
-        telemetry.gpus["model"],
     )
     parts, models, never_clean = [], {}, []
-    for job, span in spans.items():
+    for job, gpus in activity.of_job.items():
         part, models[str(jobs[job])], clean_baseline = _attribute_job(
-            samples.iloc[span], job, np.unique(member_host[member_job == job]),
-            np.sort(links.get_indexer(list(paths[job]))), shared, topology, settings,
+            gpus, job, np.sort(links.get_indexer(list(gpus.path))), shared, settings,
         )
         parts.append(part)
         if not clean_baseline:
@@ -211,7 +290,7 @@ def attribute(
     intervals["time"] = times[intervals["time"]]
     for name in ("pause_host", "straggler", "suspect_host"):
         intervals[name] = _names(hosts, intervals[name])
-    intervals["dt"] = telemetry.step_s
+    intervals["dt"] = activity.step_s
     return Attribution(pd.DataFrame(intervals, columns=INTERVAL_COLUMNS), models, never_clean)
 
 
@@ -456,29 +535,15 @@ class _Shared:
     scores: _LinkScores
     pauses: _Pauses
     traffic: _Traffic
-    reported_models: pd.Series
-    """The GPUs' own model names, by row of the telemetry's GPU frame."""
 
 
 def _attribute_job(
-    samples: pd.DataFrame, job: int, hosts: np.ndarray, path: np.ndarray, shared: _Shared, topology: Topology,
-    settings: AttributionSettings,
+    gpus: _JobGpus, job: int, path: np.ndarray, shared: _Shared, settings: AttributionSettings,
 ) -> tuple[dict[str, np.ndarray], IdleLossModel, bool]:
-    """One job's intervals as columns, from its samples (see :func:`_job_samples`), its hosts and its path's
-    links (codes, sorted); times and hosts in the columns as codes (-1 for none). Also its idle-to-loss model,
-    and whether its path was clean in enough intervals in which its GPUs worked (False: see
-    ``Attribution.never_clean``)."""
-    # Per job and by pandas, as always: pandas adds a group's values with compensation, or plainly where the
-    # keys come sorted and without NaN, so grouping one job's rows as before keeps every figure to the bit.
-    grouped = samples.groupby("time", sort=True)
-    kernel = grouped["kernel"].mean()
-    times = kernel.index.to_numpy()
-    kernel = kernel.to_numpy()
-    host_busy, reporting = _host_busy(samples, times, len(shared.hosts))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an interval without a busy value: NaN
-        # The job moves at the pace of the hosts that wait: a straggler's extra busy time is not progress.
-        busy = np.nanmedian(host_busy, axis=1)
+    """One job's intervals as columns, from what its GPUs did and its path's links (codes, sorted); times and
+    hosts in the columns as codes (-1 for none). Also its idle-to-loss model, and whether its path was clean
+    in enough intervals in which its GPUs worked (False: see ``Attribution.never_clean``)."""
+    times, kernel, busy, hosts, host_busy = gpus.times, gpus.kernel, gpus.busy, gpus.hosts, gpus.host_busy
     pause_score, pause_host, pausing = shared.pauses.of_job(times, hosts, settings.congested)
     pause_score = np.where(np.isnan(pause_score), 0.0, pause_score)
     path = shared.scores.on_path(times, path)
@@ -505,7 +570,7 @@ def _attribute_job(
     # path too, and where the path is seldom clean while the job works they would be most of the level.
     straggling, straggler_column = _stragglers(host_busy, clean & fed & working, settings)
     straggler = np.full(len(busy), -1)
-    straggler[straggling] = reporting[straggler_column]
+    straggler[straggling] = gpus.reporting[straggler_column]
     suspects = pausing.copy()
     suspects[straggling, np.searchsorted(hosts, straggler[straggling])] = True
     fabric_score = _fabric_score(path, hosts, suspects)
@@ -523,7 +588,6 @@ def _attribute_job(
         settings,
     )
     n = len(times)
-    gpu_model = _gpu_model(topology, list(shared.hosts[hosts]), samples, shared.reported_models)
     return {
         "time": times, "job": np.full(n, str(shared.jobs[job]), dtype=object), "n_gpus": shared.allocated[job, times],
         "busy": busy, "kernel": kernel, "baseline": np.full(n, baseline), "noise": np.full(n, noise),
@@ -531,7 +595,7 @@ def _attribute_job(
         "other_cause": cause, "path_score": path_score, "local_score": local_score, "fabric_score": fabric_score,
         "links": links, "pause_host": pause_host, "pause_score": pause_score, "straggler": straggler,
         "suspect_host": suspect_host, "tx_bytes": tx, "rx_bytes": rx,
-        "power_w": grouped["power_w"].sum(min_count=1).to_numpy(), "model": np.full(n, gpu_model, dtype=object),
+        "power_w": gpus.power_w, "model": np.full(n, gpus.gpu_model, dtype=object),
     }, model, clean_baseline
 
 
@@ -704,13 +768,23 @@ def idle_loss_model(frame: pd.DataFrame, clean: pd.Series, settings: Attribution
     loss = frame.loc[usable, "loss_fraction"].to_numpy(dtype=float)
     if len(idle) < settings.min_fit_intervals or (idle >= 0.2).sum() < 2:
         return IDENTITY
+    # Started at the identity, the map the fit is expected to be near, with the spread of its residuals as the
+    # scale: the same optimum as from scikit-learn's start (zero coefficients, scale 1) in a third fewer steps.
+    fit = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=500, warm_start=True)
+    fit.coef_, fit.intercept_, fit.scale_ = np.array([1.0]), 0.0, _spread(loss - idle)
     # A fit of a few hundred points is all thread start-up: on 2 cores BLAS threads made it 30x slower.
     with _thread_pools().limit(limits=1, user_api="blas"):
-        fit = HuberRegressor(epsilon=1.35, alpha=0.0, max_iter=500).fit(idle.reshape(-1, 1), loss)
+        fit.fit(idle.reshape(-1, 1), loss)
     slope = float(fit.coef_[0])
     if not 0.5 <= slope <= 2.0:
         return IDENTITY  # a fit this far from one instrument tracking the other is not to be trusted
     return IdleLossModel(float(fit.intercept_), slope, True)
+
+
+def _spread(residuals: np.ndarray) -> float:
+    """A robust standard deviation (1.4826 median absolute deviations), at least 0.001 (a tenth of a percent)."""
+    deviation = np.median(np.abs(residuals - np.median(residuals)))
+    return max(1.4826 * float(deviation), 1e-3)
 
 
 @cache

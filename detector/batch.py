@@ -16,10 +16,17 @@ built once, over all windows' loss rows, so an episode that crosses a window
 boundary is one episode. :class:`detector.streaming.StreamingDetector` decides
 its newest intervals with the same :func:`decide_window`, which is why batch
 and streaming give the same episodes over the same data.
+
+A window is decided in two steps: its links are scored (what its jobs' GPUs did
+is laid out beside, on a second core), then its jobs are attributed. Only the
+first step needs the window's telemetry, so :func:`detect_store` lets go of it
+and makes the next window's telemetry on the second core while the jobs are
+attributed, which is mostly Python on one core.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -27,9 +34,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 import pandas as pd
 
 from collector.schema import ETHTOOL, INFINIBAND, INTERFACE, NVIDIA_SMI
-from detector.attribution import INTERVAL_COLUMNS, NETWORK, SLOW_HOST, attribute, loss_rows
-from detector.congestion import UTILIZATION, Evidence, FrameEvidence, link_congestion
-from detector.detect import DetectionResult, DetectorSettings, _warnings
+from detector.attribution import (INTERVAL_COLUMNS, NETWORK, SLOW_HOST, JobActivity, attribute_jobs, job_activity,
+                                  loss_rows)
+from detector.congestion import UTILIZATION, Congestion, Evidence, FrameEvidence, link_congestion
+from detector.detect import DetectionResult, DetectorSettings, _warnings, missing_data_warnings
 from detector.episodes import build_episodes
 from detector.heap import freed_pages_kept, large_blocks_from_heap, large_blocks_mapped
 from detector.jobs import Allocation
@@ -154,8 +162,36 @@ def decide_telemetry(
     end: pd.Timestamp, settings: DetectorSettings, min_link_score: float = DEFAULT_MIN_LINK_SCORE,
 ) -> Decided:
     """:func:`decide_window` from the telemetry already on its grid (the frames read need not be kept)."""
-    congestion = link_congestion(telemetry, topology, dict(settings.signals), keep_unscored=False)
-    attribution = attribute(telemetry, congestion, topology, allocations, settings.attribution)
+    return _decided(_scored(telemetry, topology, allocations, settings), topology, allocations, start, end,
+                    settings, min_link_score)
+
+
+@dataclass(slots=True)
+class _Scored:
+    """A window's links scored and its jobs' GPUs laid out: all that the rest of its decision needs of its
+    telemetry, which can go before the rest is decided."""
+
+    congestion: Congestion
+    activity: JobActivity
+    warnings: list[str]
+
+
+def _scored(telemetry: Telemetry, topology: Topology, allocations: Sequence[Allocation],
+            settings: DetectorSettings) -> _Scored:
+    # What the jobs' GPUs did needs no link scores: it is made beside the scoring.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-activity") as pool:
+        activity = pool.submit(job_activity, telemetry, topology, allocations)
+        congestion = link_congestion(telemetry, topology, dict(settings.signals), keep_unscored=False)
+        return _Scored(congestion, activity.result(), missing_data_warnings(telemetry))
+
+
+def _decided(
+    scored: _Scored, topology: Topology, allocations: Sequence[Allocation], start: pd.Timestamp, end: pd.Timestamp,
+    settings: DetectorSettings, min_link_score: float,
+) -> Decided:
+    """The intervals in ``(start, end]`` decided: what a result keeps of them."""
+    congestion = scored.congestion
+    attribution = attribute_jobs(scored.activity, congestion, topology, settings.attribution)
     intervals = attribution.intervals
     inside = (intervals["time"] > start) & (intervals["time"] <= end)
     intervals = intervals[inside]
@@ -165,7 +201,7 @@ def decide_telemetry(
     scores = congestion.link_scores.frame(start, end, min_link_score)
     evidence = _evidence_for(congestion.evidence, losses[losses["cause"] == NETWORK])
     host_pause = _pauses_for(congestion.host_pause, losses[losses["cause"] == SLOW_HOST])
-    warnings = _warnings(telemetry, congestion, topology, allocations, attribution)
+    warnings = scored.warnings + _warnings(congestion, topology, allocations, attribution)
     return Decided(losses.reset_index(drop=True), lossy.reset_index(drop=True), scores.reset_index(drop=True),
                    evidence, host_pause, warnings)
 
@@ -238,17 +274,28 @@ def detect_store(
     context = pd.Timedelta(windows.context)
     step_s = settings.step_s
     parts = []
-    # One window's memory serves the next: given back between windows, it would be faulted in again (detector.heap).
-    with large_blocks_from_heap(), freed_pages_kept():
+    # One window's memory serves the next: given back between windows, it would be faulted in again
+    # (detector.heap). The next window's telemetry is made while this one's jobs are attributed.
+    with large_blocks_from_heap(), freed_pages_kept(), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-window") as pool:
+        telemetry = _window_telemetry(read_frames(store, bounds[0][0] - context, bounds[0][1]), step_s)
         for done, (window_start, window_end) in enumerate(bounds, start=1):
-            telemetry = _window_telemetry(store, window_start - context, window_end,
-                                          step_s if step_s is not None else settings.step_s)
+            scored = None
+            allocated = _overlapping(allocations, window_start - context, window_end)
             if telemetry is not None:
                 step_s = telemetry.step_s
-                allocated = _overlapping(allocations, window_start - context, window_end)
-                parts.append(decide_telemetry(telemetry, topology, allocated, window_start, window_end, settings,
-                                              windows.min_link_score))
-                del telemetry
+                scored = _scored(telemetry, topology, allocated, settings)
+            telemetry = upcoming = None  # let go of before the next window's frames are read
+            if done < len(bounds):
+                next_start, next_end = bounds[done]
+                # Read before anything runs beside: the store's reads overlap none of the detector's work.
+                upcoming = pool.submit(_window_telemetry, read_frames(store, next_start - context, next_end), step_s)
+            if scored is not None:
+                parts.append(_decided(scored, topology, allocated, window_start, window_end, settings,
+                                      windows.min_link_score))
+                scored = None
+            if upcoming is not None:
+                telemetry = upcoming.result()
             if progress:
                 progress(done, len(bounds))
     if step_s is None:
@@ -258,11 +305,10 @@ def detect_store(
     return finish(decided, topology, step_s, prices, settings, max(start, first), min(end, last))
 
 
-def _window_telemetry(store: TelemetryReader, start: pd.Timestamp, end: pd.Timestamp,
-                      step_s: float | None) -> Telemetry | None:
-    """The rates of ``[start, end]`` on the grid; None where the window has no data or no series two samples."""
+def _window_telemetry(frames: dict[str, pd.DataFrame], step_s: float | None) -> Telemetry | None:
+    """The rates of a window's frames on the grid; None where it has no data or no series two samples."""
     try:
-        telemetry = load_telemetry(_HandedOutOnce(read_frames(store, start, end)), step_s)
+        telemetry = load_telemetry(_HandedOutOnce(frames), step_s)
     except TelemetryError as error:
         if "no series has two samples" not in str(error):
             raise

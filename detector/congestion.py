@@ -381,7 +381,8 @@ def link_congestion(
     nics = _nic_links(telemetry.nics, topology, unmapped)
     pauses = _pause_links(telemetry.pauses, telemetry.nics, topology, unmapped)
     host_of_link = {link: host for (host, _), link in topology.nic_links().items()}
-    facing_host = map_series(ports["link"], host_of_link) if not ports.empty else pd.Series(dtype=object)
+    facing_host, facing = map_series(ports["link"], host_of_link) if not ports.empty \
+        else (pd.Series(dtype=object), np.zeros(0, dtype=bool))
 
     # Each signal is a column of millions of rows: computed when scored, one at a time, not all held together.
     parts: list[tuple[pd.DataFrame, SignalColumns]] = [
@@ -393,7 +394,7 @@ def link_congestion(
             "queue_drops": lambda: _sum(ports, ["queue_drops"]),
             "switch_pauses_sent": lambda: _sum(ports, ["pauses_out"]),
             # Pauses a host sends into its leaf port are the host's (see host_pause), a peer switch's the link's.
-            "switch_pauses_received": lambda: None if ports.empty else ports["pauses_in"].where(facing_host.isna()),
+            "switch_pauses_received": lambda: None if ports.empty else ports["pauses_in"].where(~facing),
             "port_tx_wait": lambda: _sum(ports, ["tx_wait"]),
         }),
         (nics, {
@@ -412,8 +413,8 @@ def link_congestion(
     # second core they run beside the scoring (a 1,024-GPU 8 h window: 8.5 s down to about 6).
     step_ns = grid_step_ns(telemetry.step_s)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-sums") as pool:
-        host_pause = pool.submit(_host_pause, pauses, ports, facing_host, step_ns)
-        traffic = pool.submit(_host_traffic, telemetry, ports, facing_host, step_ns)
+        host_pause = pool.submit(_host_pause, pauses, ports, facing_host, facing, step_ns)
+        traffic = pool.submit(_host_traffic, telemetry, ports, facing_host, facing, step_ns)
         grid = _EvidenceGrid([frame for frame, _ in parts], step_ns)
         if grid.has_duplicates():
             frame = _evidence_by_groupby(parts, ports, signals).reset_index(drop=True)
@@ -586,11 +587,48 @@ def _row_quantile(matrix: np.ndarray, quantile: float) -> np.ndarray:
     """Per row of a matrix without NaN, the quantile of its values as :func:`_link_quantile` computes it.
 
     Every row has as many values, so the ranks either side of the quantile are the same for
-    all and a partition around them replaces the sort.
+    all and a partition around them replaces the sort. A row whose values at both ranks are
+    zero (:func:`_zero_up_to`: most counters of most links, most of the time) needs no partition.
     """
     below, above, fraction = _ranks(np.array([matrix.shape[1]]), quantile)
-    ordered = np.partition(matrix, sorted({int(below[0]), int(above[0])}), axis=1)
-    return _interpolate(ordered[:, below[0]], ordered[:, above[0]], fraction, quantile)
+    result = np.zeros(matrix.shape[0])
+    rows = np.flatnonzero(~_zero_up_to(matrix, int(above[0])))
+    if len(rows):
+        ordered = matrix[rows]
+        ordered.partition(sorted({int(below[0]), int(above[0])}), axis=1)
+        result[rows] = _interpolate(ordered[:, below[0]], ordered[:, above[0]], fraction, quantile)
+    return result
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median(values)``, without the partition where the middle values are zero."""
+    if len(values) and _zero_up_to(values.reshape(1, -1), len(values) // 2)[0]:
+        return 0.0
+    return float(np.median(values))
+
+
+@jit
+def _zero_up_to(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """Per row, whether its values at ranks 0 .. ``rank`` in sorted order are all +0.0, without sorting:
+    no NaN and nothing below +0.0 (no negative value, no -0.0), and more than ``rank`` zeros."""
+    result = np.zeros(matrix.shape[0], dtype=np.bool_)
+    n_columns = matrix.shape[1]
+    for row in range(matrix.shape[0]):
+        zeros = 0
+        for column in range(n_columns):
+            value = matrix[row, column]
+            if value == 0.0:
+                if np.signbit(value):
+                    zeros = -1
+                    break
+                zeros += 1
+            elif not value > 0.0:  # negative or NaN
+                zeros = -1
+                break
+            elif zeros + n_columns - column - 1 <= rank:  # too few values left to be zeros
+                break
+        result[row] = zeros > rank
+    return result
 
 
 @jit
@@ -723,7 +761,7 @@ def _normal(values: _Placed, signal: Signal) -> np.ndarray:
         return np.empty(0)
     own = values.quantile(NORMAL_QUANTILE)
     if signal.fleet_normal:
-        own = np.minimum(own, np.median(values.value))
+        own = np.minimum(own, _median(values.value))
     return np.clip(own, 0, None)
 
 
@@ -886,8 +924,10 @@ def _link_scores(evidence: pd.DataFrame) -> pd.DataFrame:
     return scores[columns].sort_values(["time", "link"]).reset_index(drop=True)
 
 
-def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Series, step_ns: int) -> pd.DataFrame:
-    """Pauses each host sends: from its NICs' ethtool counters, and as its leaf ports receive them.
+def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Series, facing: np.ndarray,
+                step_ns: int) -> pd.DataFrame:
+    """Pauses each host sends: from its NICs' ethtool counters, and as its leaf ports receive them
+    (``facing_host``: per port row the host its link faces, where ``facing``).
 
     Both ends count the same frames, so per host the larger of the two views is kept. The
     rows, numbers and order are those of a groupby over (time, host, signal, view) and
@@ -902,7 +942,6 @@ def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Serie
         views.append((len(rows) - 1, names.index("pauses_sent"), 0, pauses["pause_tx"].to_numpy(dtype=float)))
         views.append((len(rows) - 1, names.index("pause_time_sent"), 0,
                       (pauses["pause_tx_us"] / 1e6).to_numpy(dtype=float)))
-    facing = facing_host.notna().to_numpy()
     if facing.any():
         rows.append((ports["time"][facing], facing_host[facing]))
         views.append((len(rows) - 1, names.index("pauses_sent"), 1, ports["pauses_in"].to_numpy(dtype=float)[facing]))
@@ -938,8 +977,10 @@ def _host_pause(pauses: pd.DataFrame, ports: pd.DataFrame, facing_host: pd.Serie
     return keys.frame(key, {"signal": _strings(names, code), "value": value, "normal": normal, "score": score})
 
 
-def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Series, step_ns: int) -> pd.DataFrame:
-    """Bytes per second each host sends and receives, from the best source that has it.
+def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Series, facing: np.ndarray,
+                  step_ns: int) -> pd.DataFrame:
+    """Bytes per second each host sends and receives, from the best source that has it (the switch ports' as
+    :func:`_host_pause` takes them).
 
     Per source the sums of a groupby over (time, host) (NaN where no row has a value), and per
     (time, host) the first source's where it has one, else the next's: ``combine_first``.
@@ -949,7 +990,6 @@ def _host_traffic(telemetry: Telemetry, ports: pd.DataFrame, facing_host: pd.Ser
     for frame in (telemetry.nics, telemetry.pauses):
         if not frame.empty:
             sources.append((frame["time"], frame["host"], [frame[columns]]))
-    facing = facing_host.notna().to_numpy()
     if facing.any():
         # The switch port's input is what the host sent. Each column is summed on its own, as a
         # frame's new columns are: pandas sums a block's columns by one method, chosen by their NaN.

@@ -23,7 +23,7 @@ from detector.congestion import SIGNALS, UTILIZATION, Signal, link_congestion
 from detector.episodes import Episode, EpisodeSettings, build_episodes
 from detector.jobs import Allocation, format_time
 from detector.pricing import Prices
-from detector.telemetry import load_telemetry
+from detector.telemetry import Telemetry, load_telemetry
 from detector.topology import Topology
 
 
@@ -142,7 +142,7 @@ def detect(
         {**settings.signals, UTILIZATION.name: UTILIZATION},
     )
     losses["episode"] = positions
-    warnings = _warnings(telemetry, congestion, topology, allocations, attribution)
+    warnings = missing_data_warnings(telemetry) + _warnings(congestion, topology, allocations, attribution)
     return DetectionResult(
         episodes=episodes, intervals=attribution.intervals, losses=losses, congestion=congestion.scores,
         evidence=evidence, step_s=telemetry.step_s, start=telemetry.start, end=telemetry.end,
@@ -151,13 +151,20 @@ def detect(
     )
 
 
-def _warnings(telemetry, congestion, topology, allocations, attribution: Attribution) -> list[str]:
+def missing_data_warnings(telemetry: Telemetry) -> list[str]:
+    """What the telemetry lacks to measure loss or to find congestion."""
     warnings = []
-    intervals = attribution.intervals
     if telemetry.gpus.empty:
         warnings.append("no nvidia_smi data: no GPU time can be measured, so no loss is reported")
     if telemetry.ports.empty and telemetry.nics.empty and telemetry.pauses.empty:
         warnings.append("no interface, infiniband or ethtool data: no link can be found congested")
+    return warnings
+
+
+def _warnings(congestion, topology, allocations, attribution: Attribution) -> list[str]:
+    """What the topology and jobs do not cover (after :func:`missing_data_warnings`)."""
+    warnings = []
+    intervals = attribution.intervals
     for measurement, series in sorted(congestion.unmapped.items()):
         shown = ", ".join(sorted(series)[:5]) + (" ..." if len(series) > 5 else "")
         warnings.append(f"{measurement}: {len(series)} series not in the topology, ignored: {shown}")

@@ -628,11 +628,13 @@ def map_keys(columns: Sequence[pd.Series], lookup) -> pd.api.extensions.Extensio
     return DistinctKeys(columns).map(lookup)
 
 
-def map_series(series: pd.Series, mapping: dict) -> pd.Series:
-    """``series.map(mapping)`` looked up once per distinct value (the same result, with its dtype)."""
+def map_series(series: pd.Series, mapping: dict) -> tuple[pd.Series, np.ndarray]:
+    """``series.map(mapping)`` looked up once per distinct value (the same result, with its dtype), and its
+    ``notna()`` per row, also from the distinct values: a scan of millions of strings holds the GIL."""
     codes, uniques = factorize_runs(series, use_na_sentinel=False)
     mapped = pd.Series(uniques, dtype=series.dtype).map(mapping)
-    return pd.Series(mapped.array.take(codes), index=series.index, name=series.name)
+    return (pd.Series(mapped.array.take(codes), index=series.index, name=series.name),
+            mapped.notna().to_numpy()[codes])
 
 
 def row_sums(frame: pd.DataFrame, names: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import argparse
+import gc
+import io
 import json
+import time
+import weakref
 from datetime import timedelta
 
 import pandas as pd
@@ -101,6 +104,39 @@ def test_batch_windows_give_the_one_pass_episodes(streamed):
                             windows=WindowSettings(window=timedelta(minutes=15), context=timedelta(hours=1)))
     assert {key(e) for e in one.network_episodes} == {key(e) for e in windowed.network_episodes}
     assert windowed.totals()["gpu_seconds_lost"] == pytest.approx(one.totals()["gpu_seconds_lost"], rel=0.01)
+
+
+def test_batch_reads_alone_and_holds_one_windows_telemetry_at_a_time(streamed, monkeypatch):
+    """The next window's telemetry is made while this window's jobs are attributed: the store's reads overlap
+    none of that, and a window's telemetry is let go of before the next window's frames are read."""
+    import detector.batch as batch
+    sim, store, _, _ = streamed
+    spans, made = {"read": [], "telemetry": []}, []
+    real_read, real_load = batch.read_frames, batch.load_telemetry
+
+    def read_frames(*args):
+        gc.collect()
+        assert all(ref() is None for ref in made), "an earlier window's telemetry is still held"
+        started = time.perf_counter()
+        frames = real_read(*args)
+        spans["read"].append((started, time.perf_counter()))
+        return frames
+
+    def load_telemetry(frames, step_s):
+        started = time.perf_counter()
+        telemetry = real_load(frames, step_s)
+        spans["telemetry"].append((started, time.perf_counter()))
+        made.append(weakref.ref(telemetry.gpus))
+        return telemetry
+
+    monkeypatch.setattr(batch, "read_frames", read_frames)
+    monkeypatch.setattr(batch, "load_telemetry", load_telemetry)
+    result = detect_store(store, sim.topology, sim.allocations,
+                          windows=WindowSettings(window=timedelta(minutes=10), context=CONTEXT))
+    assert len(spans["read"]) == len(spans["telemetry"]) >= 5
+    assert not [(read, made) for read in spans["read"] for made in spans["telemetry"]
+                if read[0] < made[1] and made[0] < read[1]]
+    assert result.network_episodes
 
 
 def test_detect_store_command(streamed, tmp_path):

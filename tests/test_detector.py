@@ -14,8 +14,8 @@ from collector.frames import points_to_frames
 from collector.lineprotocol import parse_file
 from detector.attribution import (IDENTITY, NETWORK, SLOW_HOST, AttributionSettings, _beside_loud, _column_medians,
                                   _PathScores, _path_state, _split, attribute, idle_loss_model)
-from detector.congestion import (LOCAL, UTILIZATION_CAP, Signal, _Placed, _ScoreGrid, _sum, _sums_by_key, link_congestion,
-                                 located_scores)
+from detector.congestion import (LOCAL, UTILIZATION_CAP, Signal, _median, _Placed, _row_quantile,
+                                 _ScoreGrid, _sum, _sums_by_key, link_congestion, located_scores)
 from detector.detect import detect, never_clean_warnings
 from detector.episodes import EpisodeSettings, episode_ids
 from detector.evaluation import Accuracy, _uplink_peers, evaluate
@@ -231,6 +231,31 @@ def test_a_signal_scored_as_a_matrix_gives_the_numbers_of_its_cells_to_the_bit()
     for name in ("best", "top", "undefined"):
         np.testing.assert_array_equal(getattr(grids[0], name), getattr(grids[1], name))
     np.testing.assert_array_equal(grids[0].worst[LOCAL], grids[1].worst[LOCAL])
+
+
+def test_normals_of_mostly_zero_rows_are_the_partitions_to_the_bit():
+    """A row whose values at the quantile's ranks are zero skips the partition: the quantiles and the fleet median
+    must stay numpy's, also where -0.0, negative values, NaN or too few zeros leave the partition to decide."""
+    rng = np.random.default_rng(21)
+    for n_times in (1, 2, 3, 8, 61):
+        for zeros in (0.0, 0.3, 0.7, 0.95, 1.0):
+            matrix = rng.choice([0.0, 2.5, 1e-300, 7.0], size=(40, n_times), p=[zeros, (1 - zeros) / 3,
+                                                                                   (1 - zeros) / 3, (1 - zeros) / 3])
+            matrix[0, 0], matrix[1, -1] = -0.0, -1.0  # nothing below +0.0 may be taken for it
+            for quantile in (0.25, 0.5):
+                position = quantile * (n_times - 1)
+                below, above, fraction = int(position), min(int(position) + 1, n_times - 1), position % 1
+                ordered = np.partition(matrix, sorted({below, above}), axis=1)
+                low, high = ordered[:, below], ordered[:, above]
+                between = (low + high) / 2 if quantile == 0.5 else low + (high - low) * fraction
+                want = np.where(fraction != 0, between, low)
+                got = _row_quantile(matrix, quantile)
+                np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+            values = matrix.ravel()
+            for sample in (values, values[2 * n_times:], np.append(values[2 * n_times:], np.nan)):
+                want = np.median(sample)
+                assert np.array_equal(_median(sample), want, equal_nan=True)
+                assert np.signbit(_median(sample)) == np.signbit(want)
 
 
 def test_host_sums_are_pandas_groupby_sums_to_the_bit():

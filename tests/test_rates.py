@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from detector.rates import (RatesError, counter_rates, distinct_rows, factorize_runs, grid_codes, group_codes, in_order,
-                            key_codes, row_sums)
+                            key_codes, map_series, row_sums)
 
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")
 
@@ -330,3 +330,12 @@ def test_long_series_are_copied_run_by_run_to_the_rows_a_gather_gives(monkeypatc
     gathered = rates(frame)
     assert len(by_runs) == 300 - 1 + 200 - 1
     pd.testing.assert_frame_equal(by_runs, gathered, check_exact=True)
+
+
+def test_map_series_is_pandas_map_and_its_notna():
+    links = pd.Series(["leaf1:swp1", "leaf1:swp1", "spine1:swp3", None, "leaf2:swp9", "leaf1:swp1"], dtype="str",
+                      index=range(10, 16), name="link")
+    hosts = {"leaf1:swp1": "node01", "leaf2:swp9": "node07"}
+    mapped, known = map_series(links, hosts)
+    pd.testing.assert_series_equal(mapped, links.map(hosts))
+    np.testing.assert_array_equal(known, links.map(hosts).notna().to_numpy())
