@@ -10,24 +10,25 @@ data plus ``--context`` (default 2 h) before it.
 The store here is the simulator itself (``SimulatedStore``): it steps a
 seeded ``Simulation`` forward as windows ask for later data
 (``Simulation.frames``: the collector.frames shape, built from the model's
-arrays) and keeps the frames of the last window and its context. Its ``read``
-hands out the rows of ``[start, end]`` as one frame per measurement, sorted
-by series then time like a store read, with only the fields asked for (it lists
-them by ``field_names`` as ``EmbeddedStore`` does, so ``read_frames`` asks for
-the detector's fields only): that copy is the *peer*, the time
-pandas needs just to read and copy the same frames the detector gets. Four
-clocks are reported:
+arrays) and keeps the last window and its context on disk, in a temporary
+directory, one file per column of each half hour (text and times as codes).
+Its ``read`` hands out the rows of ``[start, end]`` as one frame per
+measurement, sorted by series then time like a store read, with only the fields
+asked for (it lists them by ``field_names`` as ``EmbeddedStore`` does, so
+``read_frames`` asks for the detector's fields only): that load and copy is
+the *peer*, the time pandas needs just to read the frames the detector gets.
+Four clocks are reported:
 
-- ``simulate``: the store's own work, stepping the model, building frames and dropping those no later
-  read needs (not the detector's cost);
+- ``simulate``: the store's own work, stepping the model, writing its files and
+  deleting those no later read needs (not the detector's cost);
 - ``read``: the store's reads (the peer);
 - ``detect``: everything else inside ``detect_store`` (the detector);
 - ``ratio``: detect / read.
 
-Peak memory is the process's peak resident set (``ru_maxrss``): the simulated
-store's frames of one window and its context (only the fields the detector
-reads; a store on disk holds none of it in this process), one measurement's
-frame as read, and the detector's working set.
+Peak memory is the process's peak resident set (``ru_maxrss``): the frames of a
+window as read and the detector's working set. What the store holds is on disk,
+as it is for a store the detector reads over the network or from its files; the
+page cache that serves those files is not the process's memory.
 
 Run from the repository root::
 
@@ -45,13 +46,17 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
@@ -59,7 +64,6 @@ sys.path[:0] = [str(REPO)]
 from collector.store.embedded import TimeRange  # noqa: E402
 from detector.batch import WindowSettings, detect_store  # noqa: E402
 from detector.simulator import FRAME_MEASUREMENTS, SimConfig, Simulation  # noqa: E402
-from detector.telemetry import used_fields  # noqa: E402
 
 GOAL_SECONDS = 120.0
 GOAL_BYTES = 8 * 2**30
@@ -81,22 +85,60 @@ def scale_config(gpus: int, days: float, interval_s: float, seed: int) -> SimCon
                      hosts=hosts, leaves=leaves, spines=spines, uplinks_per_leaf=uplinks)
 
 
+@dataclass(frozen=True, slots=True)
+class _StoredColumn:
+    """One column of a chunk's frame, in its own file: the values, or for text and times their codes."""
+
+    path: Path
+    uniques: ExtensionArray | None
+    """What the codes stand for (None: the file holds the values themselves)."""
+
+    @staticmethod
+    def write(path: Path, column: pd.Series) -> _StoredColumn:
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            np.save(path, column.to_numpy())
+            return _StoredColumn(path, None)
+        codes, uniques = pd.factorize(column)
+        np.save(path, codes.astype(np.int32))
+        return _StoredColumn(path, uniques.array)
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredFrame:
+    """One measurement's frame of a chunk: its row count and where each column is."""
+
+    rows: int
+    columns: dict[str, _StoredColumn]
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Consecutive intervals of the simulation on disk: per measurement, one file per column."""
+
+    times: np.ndarray
+    directory: Path
+    frames: dict[str, _StoredFrame]
+
+
 class SimulatedStore:
     """A TelemetryReader over a simulation that runs forward as later data is read.
 
-    Reads must come in time order (as ``detect_store``'s windows do). A read drops
-    the data before its start before it simulates further, so the store holds no
-    more than one window and its context (and the rest of the last chunk).
+    It keeps its data on disk in ``directory``, as a store does: what it holds is not
+    in the detector's process, only what a read hands out. Reads must come in time
+    order (as ``detect_store``'s windows do). A read deletes the data before its start
+    before it simulates further, so the store holds no more than one window and its
+    context (and the rest of the last chunk).
     """
 
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: Simulation, directory: Path) -> None:
         self.sim = sim
+        self.directory = directory
         self.step_ns = round(sim.config.interval_s * 1e9)
         self.chunk_steps = max(1, round(CHUNK.total_seconds() / sim.config.interval_s))
         first = pd.Timestamp(sim.config.start) + pd.Timedelta(self.step_ns, "ns")
         self.span = TimeRange(first, pd.Timestamp(sim.config.end))
-        # Per chunk: its sample times and its frame per measurement (rows: series, then time).
-        self.chunks: list[tuple[np.ndarray, dict[str, pd.DataFrame]]] = []
+        self.chunks: list[_Chunk] = []
+        self.chunks_written = 0
         self.simulate_s = 0.0
         self.read_s = 0.0
         self.rows_read = 0
@@ -110,18 +152,23 @@ class SimulatedStore:
         while not self.sim.finished and self.sim.time_ns < end_ns:
             steps = min(self.chunk_steps, self.sim.config.steps - self.sim.steps_done)
             first = self.sim.time_ns + self.step_ns
-            frames = {measurement: _detector_columns(measurement, frame)
-                      for measurement, frame in self.sim.frames(steps).items()}
+            frames = self.sim.frames(steps)
             self.sim.drop_ground_truth()  # the benchmark never evaluates: its truth would count in the peak
-            self.chunks.append((first + self.step_ns * np.arange(steps, dtype=np.int64), frames))
+            directory = self.directory / str(self.chunks_written)
+            directory.mkdir()
+            self.chunks_written += 1
+            stored = {measurement: _StoredFrame(len(frame), {
+                name: _StoredColumn.write(directory / f"{measurement}.{number}.npy", frame[name])
+                for number, name in enumerate(frame.columns)}) for measurement, frame in frames.items()}
+            self.chunks.append(_Chunk(first + self.step_ns * np.arange(steps, dtype=np.int64), directory, stored))
         self.simulate_s += time.perf_counter() - started
 
     def field_names(self) -> list[str]:
         """The numeric columns of the frames: the fields a read can ask for by name."""
         if not self.chunks:
             self._simulate_until(self.span.first.value)
-        names = {column for _, frames in self.chunks[:1] for frame in frames.values() for column in frame.columns
-                 if column != "time" and pd.api.types.is_numeric_dtype(frame[column])}
+        names = {name for frame in self.chunks[0].frames.values() for name, column in frame.columns.items()
+                 if name != "time" and column.uniques is None}
         return sorted(names)
 
     def read(self, measurement: str, start=None, end=None, fields=None, tags=None) -> pd.DataFrame:
@@ -130,7 +177,8 @@ class SimulatedStore:
         start_ns = pd.Timestamp(start).value if start is not None else self.span.first.value
         end_ns = pd.Timestamp(end).value if end is not None else self.span.last.value + 1
         started = time.perf_counter()
-        self.chunks = [chunk for chunk in self.chunks if chunk[0][-1] >= start_ns]  # freeing them is the store's work
+        while self.chunks and self.chunks[0].times[-1] < start_ns:
+            shutil.rmtree(self.chunks.pop(0).directory)
         self.simulate_s += time.perf_counter() - started
         self._simulate_until(end_ns)
         started = time.perf_counter()
@@ -145,42 +193,42 @@ class SimulatedStore:
 
         With ``fields``, only those numeric columns (tags, the text columns, always come).
         """
-        parts, index, offset = [], [], 0
-        for times, frames in self.chunks:
-            frame = frames.get(measurement)
-            if frame is None:
-                continue
-            if fields is not None:
-                wanted = set(fields)
-                frame = frame[[column for column in frame.columns if column == "time" or column in wanted
-                               or not pd.api.types.is_numeric_dtype(frame[column])]]
+        chunks = [(chunk.times, chunk.frames[measurement]) for chunk in self.chunks if measurement in chunk.frames]
+        if not chunks:
+            return pd.DataFrame()
+        index, offset = [], 0
+        for times, frame in chunks:
             chosen = np.flatnonzero((times >= start_ns) & (times < end_ns))
-            if len(chosen):
-                series = len(frame) // len(times)
-                index.append(offset + np.arange(series)[:, None] * len(times) + chosen[None, :])
-            parts.append(frame)
-            offset += len(frame)
-        if not index:
-            return parts[0].iloc[:0] if parts else pd.DataFrame()
+            series = frame.rows // len(times)
+            index.append(offset + np.arange(series)[:, None] * len(times) + chosen[None, :])
+            offset += frame.rows
         rows = np.concatenate(index, axis=1).ravel()
-        return pd.concat(parts, ignore_index=True).take(rows).reset_index(drop=True)
+        wanted = set(fields) if fields is not None else None
+        names = [name for name, column in chunks[0][1].columns.items()
+                 if wanted is None or name == "time" or name in wanted or column.uniques is not None]
+        return pd.DataFrame({name: _column([frame.columns[name] for _, frame in chunks], rows) for name in names})
 
 
-def _detector_columns(measurement: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame without the numeric fields the detector never reads.
-
-    A store on disk holds them without costing the detector memory; held here, in the
-    detector's process, they would count in its peak.
-    """
-    numeric = [column for column in frame.columns if column != "time" and pd.api.types.is_numeric_dtype(frame[column])]
-    unused = set(numeric) - set(used_fields(measurement, numeric))
-    return frame[[column for column in frame.columns if column not in unused]]
+def _column(parts: list[_StoredColumn], rows: np.ndarray) -> np.ndarray | ExtensionArray:
+    """The rows ``rows`` of one column stored in consecutive chunks."""
+    stored = [np.load(part.path) for part in parts]
+    if parts[0].uniques is None:
+        return np.concatenate(stored).take(rows)
+    starts = np.cumsum([0] + [len(part.uniques) for part in parts[:-1]])
+    codes = np.concatenate([np.where(part_codes < 0, -1, part_codes + start)
+                            for part_codes, start in zip(stored, starts)]).take(rows)
+    uniques = type(parts[0].uniques)._concat_same_type([part.uniques for part in parts])
+    return uniques.take(codes, allow_fill=True)
 
 
 def run(args: argparse.Namespace) -> dict:
     config = scale_config(args.gpus, args.days, args.interval, args.seed)
     sim = Simulation(config)
-    store = SimulatedStore(sim)
+    with tempfile.TemporaryDirectory(prefix="strandwatch-scale-") as directory:
+        return _run(args, config, sim, SimulatedStore(sim, Path(directory)))
+
+
+def _run(args: argparse.Namespace, config: SimConfig, sim: Simulation, store: SimulatedStore) -> dict:
     windows = WindowSettings(window=timedelta(hours=args.window), context=timedelta(hours=args.context))
     cluster = sim.cluster
     switch_ports = sum(len(spec.ports) for spec in cluster.switch_specs)
