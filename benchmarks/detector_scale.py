@@ -168,7 +168,7 @@ class SimulatedStore:
         if not self.chunks:
             self._simulate_until(self.span.first.value)
         names = {name for frame in self.chunks[0].frames.values() for name, column in frame.columns.items()
-                 if name != "time" and column.uniques is None}
+                 if column.uniques is None}
         return sorted(names)
 
     def read(self, measurement: str, start=None, end=None, fields=None, tags=None) -> pd.DataFrame:
@@ -191,7 +191,7 @@ class SimulatedStore:
     def _rows(self, measurement: str, start_ns: int, end_ns: int, fields) -> pd.DataFrame:
         """The rows in ``[start, end)``, every series' rows together in time order.
 
-        With ``fields``, only those numeric columns (tags, the text columns, always come).
+        With ``fields``, only those numeric columns (the coded ones, text and times, always come).
         """
         chunks = [(chunk.times, chunk.frames[measurement]) for chunk in self.chunks if measurement in chunk.frames]
         if not chunks:
@@ -205,7 +205,7 @@ class SimulatedStore:
         rows = np.concatenate(index, axis=1).ravel()
         wanted = set(fields) if fields is not None else None
         names = [name for name, column in chunks[0][1].columns.items()
-                 if wanted is None or name == "time" or name in wanted or column.uniques is not None]
+                 if wanted is None or name in wanted or column.uniques is not None]
         return pd.DataFrame({name: _column([frame.columns[name] for _, frame in chunks], rows) for name in names})
 
 
